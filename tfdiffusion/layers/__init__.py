@@ -1,0 +1,5 @@
+"""Keras 3 layers and networks for diffusion models (all registered under "tfdiffusion")."""
+
+from tfdiffusion.layers.embedding import SinusoidalEmbedding, TimestepEmbedding
+from tfdiffusion.layers.mlp import MLPDenoiser
+from tfdiffusion.layers.seed_unet import ConvBlock, SeedUNet

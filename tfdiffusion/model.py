@@ -1,0 +1,324 @@
+"""`DiffusionModel`: a network, the fixed process, the training objective and sampling."""
+
+import contextlib
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfdiffusion import samplers
+from tfdiffusion.diffusion import GaussianDiffusion
+
+PREDICTION_TYPES = ("epsilon", "x0", "v")
+LOSS_WEIGHTINGS = ("none", "min_snr")
+
+
+def _replica_id():
+    context = tf.distribute.get_replica_context()
+    return 0 if context is None else context.replica_id_in_sync_group
+
+
+def _num_replicas():
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+@keras.saving.register_keras_serializable(package="tfdiffusion")
+class DiffusionModel(keras.Model):
+    """A denoising diffusion model trained with `fit` and sampled with `generate`.
+
+    `train_step` draws t ~ U{0, …, T−1} and ε ~ N(0, I), forms x_t = q_sample(x_0, t, ε)
+    and minimises the weighted MSE between the network output and its target (ε, x_0 or
+    v) — for ε with no weighting, the simplified objective ‖ε − ε_θ(x_t, t)‖² of Ho et al.
+    2020, eq. 14. Every draw is stateless, seeded by (noise_seed, optimizer step, replica),
+    so a resumed run draws the same t and ε as an uninterrupted one.
+
+    Args:
+      network: a Keras model called as `network(x_t, t, labels)` whose output has the
+        shape of x_t (e.g. `layers.SeedUNet()`); class-conditional if it has a
+        `num_classes` attribute that is not None (the null class is `num_classes`).
+      diffusion: the fixed process, a `GaussianDiffusion` (or its config dict).
+      prediction_type: what the network predicts: "epsilon", "x0" or "v".
+      loss_weighting: "none", or "min_snr" (Hang et al. 2023, γ = `min_snr_gamma`).
+      min_snr_gamma: γ of min-SNR weighting.
+      label_dropout: probability of replacing a label by the null class in training
+        (classifier-free guidance).
+      data_range: (low, high) of the data that [−1, 1] stands for; `generate` clips to
+        [−1, 1] and maps there. None returns the model space unchanged (toys).
+      noise_seed: seed of the training draws.
+
+    Call arguments:
+      x_t: float tensor [N, ...] of noisy data.
+      t: int tensor [N] (default zeros).
+      labels: optional int tensor [N].
+
+    Returns:
+      The network's prediction, float32.
+
+    Example:
+      >>> diffusion = GaussianDiffusion(schedules.make_betas("linear", 400))
+      >>> model = DiffusionModel(layers.SeedUNet(), diffusion)
+      >>> model.compile(optimizer=keras.optimizers.Adam(1e-4))
+      >>> model.fit(images_in_minus1_1, epochs=1)
+      >>> images = model.generate(num_samples=16, seed=0)
+
+    References:
+      Ho et al. 2020; Salimans & Ho 2022 (v); Hang et al. 2023 (min-SNR);
+      Ho & Salimans 2022 (classifier-free guidance).
+    """
+
+    def __init__(
+        self,
+        network,
+        diffusion,
+        prediction_type="epsilon",
+        loss_weighting="none",
+        min_snr_gamma=5.0,
+        label_dropout=0.0,
+        data_range=(0.0, 1.0),
+        noise_seed=0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if isinstance(diffusion, dict):
+            diffusion = GaussianDiffusion.from_config(diffusion)
+        if not isinstance(diffusion, GaussianDiffusion):
+            raise ValueError(f"diffusion must be a GaussianDiffusion. Received: diffusion={diffusion!r}")
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}. Received: prediction_type={prediction_type!r}")
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}. Received: loss_weighting={loss_weighting!r}")
+        if not 0.0 <= label_dropout < 1.0:
+            raise ValueError(f"label_dropout must be in [0, 1). Received: label_dropout={label_dropout!r}")
+        if data_range is not None and not (len(data_range) == 2 and data_range[0] < data_range[1]):
+            raise ValueError(f"data_range must be None or (low, high) with low < high. Received: data_range={data_range!r}")
+        self.network = network
+        self.diffusion = diffusion
+        self.prediction_type = prediction_type
+        self.loss_weighting = loss_weighting
+        self.min_snr_gamma = min_snr_gamma
+        self.label_dropout = label_dropout
+        self.data_range = None if data_range is None else tuple(float(v) for v in data_range)
+        self.noise_seed = noise_seed
+        self.num_classes = getattr(network, "num_classes", None)
+        self.data_shape = None
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.nonfinite_tracker = keras.metrics.Sum(name="nonfinite_steps")
+        self._sample_functions = {}
+
+    # -- Keras plumbing --------------------------------------------------------------------
+    def build(self, x_t_shape, t_shape=None, labels_shape=None):
+        x_t_shape = tuple(x_t_shape)
+        batch = x_t_shape[0]
+        self.network.build(x_t_shape, (batch,), None if self.num_classes is None else (batch,))
+        self.data_shape = x_t_shape[1:]
+        self.built = True
+
+    def call(self, x_t, t=None, labels=None, training=False):
+        if t is None:
+            t = tf.zeros(tf.shape(x_t)[:1], tf.int32)
+        if self.num_classes is None:
+            return tf.cast(self.network(x_t, t, training=training), tf.float32)
+        return tf.cast(self.network(x_t, t, labels, training=training), tf.float32)
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.nonfinite_tracker]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "network": keras.saving.serialize_keras_object(self.network),
+                "diffusion": self.diffusion.get_config(),
+                "prediction_type": self.prediction_type,
+                "loss_weighting": self.loss_weighting,
+                "min_snr_gamma": self.min_snr_gamma,
+                "label_dropout": self.label_dropout,
+                "data_range": None if self.data_range is None else list(self.data_range),
+                "noise_seed": self.noise_seed,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["network"] = keras.saving.deserialize_keras_object(config["network"])
+        return cls(**config)
+
+    # -- the objective -----------------------------------------------------------------------
+    def predict_eps(self, x_t, t, labels=None):
+        """ε̂(x_t, t) from the network, whatever its prediction type (the one conversion point)."""
+        prediction = self(x_t, t, labels)
+        if self.prediction_type == "x0":
+            return self.diffusion.predict_eps_from_x0(x_t, t, prediction)
+        if self.prediction_type == "v":
+            return self.diffusion.predict_eps_from_v(x_t, t, prediction)
+        return prediction
+
+    def target(self, x0, t, noise):
+        """The regression target of the prediction type for x_t = q_sample(x0, t, noise)."""
+        if self.prediction_type == "x0":
+            return x0
+        if self.prediction_type == "v":
+            return self.diffusion.get_v(x0, t, noise)
+        return noise
+
+    def loss_weight(self, t):
+        """Per-example weight; min-SNR-γ expressed for the prediction type (Hang et al. 2023, §3.4)."""
+        if self.loss_weighting == "none":
+            return tf.ones(tf.shape(t), tf.float32)
+        snr = self.diffusion.alphas_cumprod / (1.0 - self.diffusion.alphas_cumprod)
+        clipped = np.minimum(snr, self.min_snr_gamma)
+        weight = {"epsilon": clipped / snr, "x0": clipped, "v": clipped / (snr + 1.0)}[self.prediction_type]
+        return tf.gather(tf.constant(weight, tf.float32), t)
+
+    def _unpack(self, data):
+        if isinstance(data, dict):
+            return data["image"], data.get("label")
+        if isinstance(data, (tuple, list)):
+            return data[0], (data[1] if len(data) > 1 else None)
+        return data, None
+
+    def _training_draws(self, x0, labels, step):
+        """t, ε and the label-dropout mask, all stateless functions of (seed, step, replica)."""
+        base = tf.stack([tf.cast(self.noise_seed, tf.int64), tf.cast(step, tf.int64)])
+        base = tf.random.experimental.stateless_fold_in(base, _replica_id())
+        t_seed, noise_seed, drop_seed = (tf.random.experimental.stateless_fold_in(base, i) for i in range(3))
+        batch = tf.shape(x0)[0]
+        t = tf.random.stateless_uniform([batch], t_seed, minval=0, maxval=self.diffusion.num_timesteps, dtype=tf.int32)
+        noise = tf.random.stateless_normal(tf.shape(x0), noise_seed, dtype=x0.dtype)
+        if labels is not None and self.num_classes is not None:
+            labels = tf.cast(labels, tf.int32)
+            if self.label_dropout > 0:
+                dropped = tf.random.stateless_uniform([batch], drop_seed) < self.label_dropout
+                labels = tf.where(dropped, self.num_classes, labels)
+        elif self.num_classes is None:
+            labels = None
+        return t, noise, labels
+
+    def compute_diffusion_loss(self, x0, labels, step, training=False):
+        """The weighted MSE of one batch (the loss `fit` reports)."""
+        x0 = tf.cast(x0, tf.float32)
+        t, noise, labels = self._training_draws(x0, labels, step)
+        x_t = self.diffusion.q_sample(x0, t, noise)
+        prediction = self(x_t, t, labels, training=training)
+        squared_error = tf.square(self.target(x0, t, noise) - prediction)
+        per_example = tf.reduce_mean(tf.reshape(squared_error, [tf.shape(x0)[0], -1]), axis=1)
+        return tf.reduce_mean(self.loss_weight(t) * per_example)
+
+    def train_step(self, data):
+        x0, labels = self._unpack(data)
+        with tf.GradientTape() as tape:
+            loss = self.compute_diffusion_loss(x0, labels, self.optimizer.iterations, training=True)
+            # Gradients are summed over replicas, so each replica contributes 1/R of the mean.
+            scaled_loss = self.optimizer.scale_loss(loss / _num_replicas())
+        gradients = tape.gradient(scaled_loss, self.trainable_variables)
+        finite = tf.math.is_finite(loss)
+        # A non-finite loss leaves the weights as they were; the step is counted, and the
+        # training binary (or `StopOnNonFiniteLoss`) stops with an error.
+        def apply():
+            self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+            return tf.constant(True)
+
+        tf.cond(finite, apply, lambda: tf.constant(False))
+        self.nonfinite_tracker.update_state(1.0 - tf.cast(finite, tf.float32))
+        self.loss_tracker.update_state(tf.where(finite, loss, 0.0))
+        return {m.name: m.result() for m in self.metrics}
+
+    def test_step(self, data):
+        x0, labels = self._unpack(data)
+        # Evaluation draws are seeded by a constant step so that validation losses compare.
+        loss = self.compute_diffusion_loss(x0, labels, tf.constant(-1, tf.int64))
+        self.loss_tracker.update_state(loss)
+        return {"loss": self.loss_tracker.result()}
+
+    # -- sampling --------------------------------------------------------------------------------
+    def sample_model_space(self, num_samples, *, seed=0, sampler="ddpm", num_steps=None, eta=0.0, labels=None,
+                           guidance_scale=None, trajectory_every=None, ddpm_variance="beta_tilde", clip_denoised=False):
+        """`samplers.sample` on this model's ε̂ in model space; tensors in, tensors out."""
+        if self.data_shape is None:
+            raise ValueError("The model is not built: train it or call it on data before sampling.")
+        null_label = self.num_classes
+        return samplers.sample(
+            lambda x, t, y: self.predict_eps(x, t, y),
+            self.diffusion,
+            tf.concat([tf.reshape(tf.cast(num_samples, tf.int32), [1]), tf.constant(self.data_shape, tf.int32)], 0),
+            sampler=sampler,
+            num_steps=num_steps,
+            eta=eta,
+            seed=seed,
+            labels=labels,
+            guidance_scale=guidance_scale if self.num_classes is not None else None,
+            null_label=null_label,
+            ddpm_variance=ddpm_variance,
+            clip_denoised=clip_denoised,
+            trajectory_every=trajectory_every,
+        )
+
+    def to_data_space(self, x):
+        """[−1, 1] model space → `data_range` (clipped); identity when data_range is None."""
+        if self.data_range is None:
+            return x
+        low, high = self.data_range
+        return low + (tf.clip_by_value(x, -1.0, 1.0) + 1.0) * (0.5 * (high - low))
+
+    def generate(self, num_samples, seed=0, sampler="ddpm", num_steps=None, eta=0.0, labels=None,
+                 guidance_scale=None, trajectory_every=None, ddpm_variance="beta_tilde"):
+        """Draws `num_samples` samples in data space as a NumPy array (one compiled graph).
+
+        Args are those of `samplers.sample`. With `trajectory_every=k` returns
+        `(samples, trajectory)`, the trajectory in model space [frames, N, ...].
+        """
+        if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+            raise ValueError(f"num_samples must be an integer >= 1. Received: num_samples={num_samples!r}")
+        num_steps = self.diffusion.num_timesteps if num_steps is None else num_steps
+        samplers.validate_request(self.diffusion.num_timesteps, sampler=sampler, num_steps=num_steps, eta=eta,
+                                  guidance_scale=guidance_scale)
+        if labels is not None:
+            labels = np.asarray(labels, np.int32).reshape(-1)
+            if self.num_classes is None:
+                raise ValueError(f"labels given to an unconditional model. Received: labels={labels.tolist()}")
+            if labels.size != num_samples or labels.min() < 0 or labels.max() > self.num_classes:
+                raise ValueError(
+                    f"labels must hold num_samples={num_samples} values in [0, {self.num_classes}]. "
+                    f"Received: labels={labels.tolist()}"
+                )
+        key = (sampler, trajectory_every, labels is not None, guidance_scale is not None, ddpm_variance)
+        if key not in self._sample_functions:
+            def run(num_samples, seed, num_steps, eta, labels, guidance_scale):
+                out = self.sample_model_space(
+                    num_samples, seed=seed, sampler=sampler, num_steps=num_steps, eta=eta, labels=labels,
+                    guidance_scale=guidance_scale, trajectory_every=trajectory_every, ddpm_variance=ddpm_variance)
+                if trajectory_every is None:
+                    return self.to_data_space(out)
+                return self.to_data_space(out[0]), out[1]
+
+            self._sample_functions[key] = tf.function(run, reduce_retracing=True)
+        out = self._sample_functions[key](
+            tf.constant(num_samples, tf.int32), tf.constant(seed, tf.int64), tf.constant(num_steps, tf.int32),
+            tf.constant(eta, tf.float32), None if labels is None else tf.constant(labels),
+            None if guidance_scale is None else tf.constant(guidance_scale, tf.float32),
+        )
+        if trajectory_every is None:
+            return out.numpy()
+        return out[0].numpy(), out[1].numpy()
+
+    # -- EMA -----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """Swaps the optimizer's EMA weights in for the duration of the block (no-op without EMA)."""
+        optimizer = getattr(self, "optimizer", None)
+        averages = getattr(optimizer, "_model_variables_moving_average", None) if optimizer is not None else None
+        if not averages or not getattr(optimizer, "use_ema", False):
+            yield
+            return
+        variables = self.trainable_variables
+        saved = [v.numpy() for v in variables]
+        for variable, average in zip(variables, averages):
+            variable.assign(average)
+        try:
+            yield
+        finally:
+            for variable, value in zip(variables, saved):
+                variable.assign(value)
