@@ -411,3 +411,75 @@ def load_digits_dataset():
     # The digits' pixels are counts from 0 to 16, not bytes from 0 to 255.
     images = digits.images / 8.0 - 1.0
     return images[..., np.newaxis].astype(np.float32), digits.target.astype(np.int32)
+
+
+def load_arrays(name, split="train", *, data_dir=None, idx_dir=None, num_samples=None, seed=0):
+    """Loads a whole dataset into memory, scaled as the pipelines above scale it.
+
+    Args:
+        name: an image dataset ("mnist", "fashion_mnist", "cifar10"), "digits" (scikit-learn's
+            8×8 digits, offline) or a toy ("moons", "gmm1d").
+        split: the split of an image dataset.
+        data_dir: TFDS data directory.
+        idx_dir: a directory of the original MNIST IDX files (mnist only; no TFDS needed).
+        num_samples: size of a toy dataset.
+        seed: seed of a toy dataset.
+
+    Returns:
+        ``(x, labels)``: float32 data and int32 labels (None for toys).
+    """
+    if name in TOY_DATASET_NAMES:
+        if num_samples is None:
+            raise ValueError(f"Toy dataset {name!r} needs num_samples. Received: num_samples=None")
+        return toy_dataset(name, num_samples, seed=seed), None
+    if name == "digits":
+        return load_digits_dataset()
+    if name == "mnist" and idx_dir is not None:
+        images, labels = load_mnist_idx(idx_dir, split)
+        return _scale_uint8_image(images).numpy(), labels
+    dataset = load_image_dataset(name, split, data_dir=data_dir, with_labels=True)
+    parts = [(x, y) for x, y in dataset.batch(8192).as_numpy_iterator()]
+    return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts]).astype(np.int32)
+
+
+def step_indexed_batches(x, labels, batch_size, *, seed=0, start_step=0):
+    """An endless dataset whose batch k is a fixed function of (seed, k).
+
+    Epoch e visits the examples in the order of a stateless permutation seeded by (seed, e)
+    (`tf.random.experimental.index_shuffle`), so a run resumed at step k reads exactly the
+    batches an uninterrupted run reads, with no iterator state to save.
+
+    Args:
+        x: array [N, ...] held in memory.
+        labels: array [N] or None.
+        batch_size: examples per batch, 1 <= batch_size <= N.
+        seed: seed of the order.
+        start_step: the first batch index produced.
+
+    Returns:
+        A `tf.data.Dataset` of ``x`` batches, or ``(x, labels)`` batches.
+    """
+    n = len(x)
+    if not isinstance(batch_size, (int, np.integer)) or not 1 <= batch_size <= n:
+        raise ValueError(f"batch_size must be an integer in [1, {n}] (the dataset size). Received: batch_size={batch_size!r}")
+    if not isinstance(start_step, (int, np.integer)) or start_step < 0:
+        raise ValueError(f"start_step must be an integer >= 0. Received: start_step={start_step!r}")
+    x = tf.convert_to_tensor(x)
+    labels = None if labels is None else tf.convert_to_tensor(labels, tf.int32)
+    seed = tf.constant(seed, tf.int64)
+
+    def permuted(index, epoch):
+        return tf.random.experimental.index_shuffle(index, tf.stack([seed, epoch]), n - 1)
+
+    def batch_at(step):
+        positions = step * batch_size + tf.range(batch_size, dtype=tf.int64)
+        first_epoch = positions[0] // n
+        # A batch spans at most two epochs since batch_size <= N.
+        index = tf.where(
+            positions // n == first_epoch, permuted(positions % n, first_epoch), permuted(positions % n, first_epoch + 1)
+        )
+        batch = tf.gather(x, index)
+        return batch if labels is None else (batch, tf.gather(labels, index))
+
+    steps = tf.data.Dataset.counter(start=start_step, dtype=tf.int64)
+    return steps.map(batch_at, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)

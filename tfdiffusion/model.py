@@ -109,7 +109,8 @@ class DiffusionModel(keras.Model):
     def build(self, x_t_shape, t_shape=None, labels_shape=None):
         x_t_shape = tuple(x_t_shape)
         batch = x_t_shape[0]
-        self.network.build(x_t_shape, (batch,), None if self.num_classes is None else (batch,))
+        if not self.network.built:  # a network restored by load_model is built already
+            self.network.build(x_t_shape, (batch,), None if self.num_classes is None else (batch,))
         self.data_shape = x_t_shape[1:]
         self.built = True
 

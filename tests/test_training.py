@@ -1,0 +1,168 @@
+"""The training library and the `tools/train.py` binary: runs, resume, checkpoints, bad input."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from tfdiffusion import training
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TRAIN = [sys.executable, str(ROOT / "tools" / "train.py")]
+
+
+def load_config(name, variant="tiny", **overrides):
+    namespace = {}
+    exec(compile((ROOT / "configs" / f"{name}.py").read_text(), name, "exec"), namespace)
+    config = namespace["get_config"](variant)
+    for dotted, value in overrides.items():
+        section, key = dotted.split(".")
+        config[section][key] = value
+    return config
+
+
+def run_binary(*args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run(TRAIN + list(args), capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+
+
+def checkpoint_arrays(path):
+    arrays = {}
+    with h5py.File(path) as f:
+        f.visititems(lambda name, obj: arrays.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return arrays
+
+
+def test_moons_binary_end_to_end(tmp_path):
+    workdir = tmp_path / "moons"
+    result = run_binary("--config=configs/moons.py:tiny", f"--workdir={workdir}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name in ("config.json", "model.keras", "samples.png", "loss.csv", "summary.json", "logs"):
+        assert (workdir / name).exists(), name
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["steps"] == 200 and np.isfinite(summary["final_loss"])
+    assert summary["jit_compile"] is False  # "auto" on a CPU-only machine
+    model = keras.saving.load_model(workdir / "model.keras")
+    assert model.generate(5, seed=0).shape == (5, 2)
+
+
+def test_mnist_tiny_binary_end_to_end(tmp_path):
+    result = run_binary("--config=configs/mnist.py:tiny", f"--workdir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "samples.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "config.json").read_text())["diffusion"] == {"name": "linear", "num_timesteps": 400}
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--config.train.steps=0", "Received: config.train.steps=0"),
+        ("--config.data.batch_size=-4", "Received: config.data.batch_size=-4"),
+        ("--config.diffusion.name=quadratic", "Received: config.diffusion.name='quadratic'"),
+        ("--config.train.jit_compile=sometimes", "Received: config.train.jit_compile='sometimes'"),
+        ("--config.optimizer.learning_rate=0.0", "Received: config.optimizer.learning_rate=0.0"),
+        ("--config.train.stepz=3", "stepz"),
+    ],
+)
+def test_bad_config_values_exit_nonzero_and_leave_no_workdir(tmp_path, flag, message):
+    workdir = tmp_path / "run"
+    result = run_binary("--config=configs/moons.py:tiny", f"--workdir={workdir}", flag)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert not workdir.exists()
+
+
+def test_unknown_config_variant_and_missing_workdir_flag(tmp_path):
+    result = run_binary("--config=configs/moons.py:huge", f"--workdir={tmp_path}/x")
+    assert result.returncode != 0 and "variant='huge'" in result.stderr
+    result = run_binary("--config=configs/moons.py:tiny")
+    assert result.returncode != 0 and "workdir" in result.stderr
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    # A constant learning rate: a cosine schedule depends on train.steps, which the two halves change.
+    constant = {"optimizer.schedule": "constant", "optimizer.use_ema": True}
+    straight = training.train(load_config("moons", **{"train.steps": 200}, **constant), str(tmp_path / "straight"))
+    training.train(load_config("moons", **{"train.steps": 100}, **constant), str(tmp_path / "resumed"))
+    resumed = training.train(load_config("moons", **{"train.steps": 200}, **constant), str(tmp_path / "resumed"))
+    assert straight["resumed_from"] == 0 and resumed["resumed_from"] == 100
+    a = checkpoint_arrays(tmp_path / "straight" / "checkpoints" / "ckpt-000000200.weights.h5")
+    b = checkpoint_arrays(tmp_path / "resumed" / "checkpoints" / "ckpt-000000200.weights.h5")
+    assert a.keys() == b.keys() and len(a) > 10
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_changed_config_is_refused_unless_allowed(tmp_path):
+    training.train(load_config("moons"), str(tmp_path))
+    with pytest.raises(training.ConfigError, match="config.seed: saved 0, requested 1"):
+        training.train(_with_seed(1), str(tmp_path))
+    allowed = _with_seed(1)
+    allowed.train.allow_config_change = True
+    assert training.train(allowed, str(tmp_path))["resumed_from"] == 200
+
+
+def _with_seed(seed):
+    config = load_config("moons")
+    config.seed = seed
+    return config
+
+
+@pytest.mark.parametrize("damage", ["truncate", "zero"])
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, damage):
+    config = load_config("moons")
+    training.train(config, str(tmp_path))
+    checkpoints = tmp_path / "checkpoints"
+    latest, previous = checkpoints / "ckpt-000000200.weights.h5", checkpoints / "ckpt-000000100.weights.h5"
+    expected = checkpoint_arrays(previous)
+    size = latest.stat().st_size
+    with open(latest, "r+b") as f:
+        if damage == "truncate":
+            f.truncate(size // 2)
+        else:
+            f.write(b"\0" * size)
+    model = training.build_model(config)
+    model(np.zeros((1, 2), np.float32))
+    model.compile(optimizer=training.build_optimizer(config.optimizer, config.train.steps))
+    model.optimizer.build(model.trainable_variables)
+    assert training.CheckpointManager(str(checkpoints), model).restore() == 100
+    kernel = model.network.output_layer.kernel.numpy()
+    restored = [v for k, v in expected.items() if v.shape == kernel.shape and np.array_equal(v, kernel)]
+    assert restored, "the output layer's kernel is the one stored in the step-100 checkpoint"
+    assert int(model.optimizer.iterations.numpy()) == 100
+
+
+def test_huge_learning_rate_stops_with_the_step_and_keeps_a_finite_checkpoint(tmp_path):
+    config = load_config("moons", **{"optimizer.learning_rate": 1e30, "train.steps": 200})
+    config.optimizer.schedule = "constant"
+    config.train.checkpoint_every = 1
+    config.train.log_every = 1
+    with pytest.raises(training.NonFiniteLossError, match=r"not finite at step \d+"):
+        training.train(config, str(tmp_path))
+    steps = training.CheckpointManager(str(tmp_path / "checkpoints"), None).steps()
+    assert steps, "at least one checkpoint was written before the loss blew up"
+    for name, value in checkpoint_arrays(tmp_path / "checkpoints" / f"ckpt-{steps[-1]:09d}.weights.h5").items():
+        if value.dtype.kind == "f":
+            assert np.all(np.isfinite(value)), name
+    assert not (tmp_path / "model.keras").exists()
+
+
+def test_nonfinite_exit_code_of_the_binary(tmp_path):
+    result = run_binary(
+        "--config=configs/moons.py:tiny", f"--workdir={tmp_path}", "--config.optimizer.learning_rate=1e30",
+        "--config.optimizer.schedule=constant",
+    )
+    assert result.returncode == 3
+    assert "not finite at step" in result.stderr
+
+
+def test_resolve_jit_compile():
+    assert training.resolve_jit_compile(True) is True
+    assert training.resolve_jit_compile(False) is False
+    assert training.resolve_jit_compile("auto") is False  # no GPU/TPU on the test machines
