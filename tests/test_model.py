@@ -75,14 +75,20 @@ def test_jit_compiled_train_step_on_mnist_shaped_data():
     assert any(not np.array_equal(a, w.numpy()) for a, w in zip(before, model.trainable_weights))
 
 
-def test_nonfinite_batch_skips_the_update_and_is_counted():
+def test_nonfinite_batch_does_not_reach_the_weights_and_is_counted():
     model = built_model()
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     before = [w.numpy() for w in model.trainable_weights]
+    # On a first step Adam's moments are zero, so a zero gradient leaves every weight as it was.
     history = model.fit(np.full((4, 8, 8, 1), np.nan, np.float32), batch_size=4, epochs=1, verbose=0)
     assert history.history["nonfinite_steps"] == [1.0]
     for a, w in zip(before, model.trainable_weights):
         np.testing.assert_array_equal(a, w.numpy())
+    images = np.random.default_rng(0).uniform(-1, 1, (4, 8, 8, 1)).astype(np.float32)
+    model.fit(images, batch_size=4, epochs=1, verbose=0)
+    history = model.fit(np.full((4, 8, 8, 1), np.inf, np.float32), batch_size=4, epochs=1, verbose=0)
+    assert history.history["nonfinite_steps"] == [1.0]
+    assert all(np.all(np.isfinite(w.numpy())) for w in model.trainable_weights)
 
 
 @pytest.fixture(scope="module")

@@ -29,8 +29,9 @@ class DiffusionModel(keras.Model):
     `train_step` draws t ~ U{0, …, T−1} and ε ~ N(0, I), forms x_t = q_sample(x_0, t, ε)
     and minimises the weighted MSE between the network output and its target (ε, x_0 or
     v) — for ε with no weighting, the simplified objective ‖ε − ε_θ(x_t, t)‖² of Ho et al.
-    2020, eq. 14. Every draw is stateless, seeded by (noise_seed, optimizer step, replica),
-    so a resumed run draws the same t and ε as an uninterrupted one.
+    2020, eq. 14. Every draw is stateless, seeded by (noise_seed, optimizer step), so a
+    resumed run draws the same t and ε as an uninterrupted one, and a run split over
+    replicas or workers the same as a single device.
 
     Args:
       network: a Keras model called as `network(x_t, t, labels)` whose output has the
@@ -182,17 +183,24 @@ class DiffusionModel(keras.Model):
         return data, None
 
     def _training_draws(self, x0, labels, step):
-        """t, ε and the label-dropout mask, all stateless functions of (seed, step, replica)."""
-        base = tf.stack([tf.cast(self.noise_seed, tf.int64), tf.cast(step, tf.int64)])
-        base = tf.random.experimental.stateless_fold_in(base, _replica_id())
-        t_seed, noise_seed, drop_seed = (tf.random.experimental.stateless_fold_in(base, i) for i in range(3))
+        """t, ε and the label-dropout mask, all stateless functions of (noise_seed, step).
+
+        The draws are made for the global batch (local batch × replicas) and each replica
+        takes its own rows, so an example gets the same t and ε however the batch is split
+        across replicas or workers (`tf.distribute` hands replica r the r-th slice).
+        """
+        seed = tf.stack([tf.cast(self.noise_seed, tf.int64), tf.cast(step, tf.int64)])
+        t_seed, noise_seed, drop_seed = (tf.random.experimental.stateless_fold_in(seed, i) for i in range(3))
         batch = tf.shape(x0)[0]
-        t = tf.random.stateless_uniform([batch], t_seed, minval=0, maxval=self.diffusion.num_timesteps, dtype=tf.int32)
-        noise = tf.random.stateless_normal(tf.shape(x0), noise_seed, dtype=x0.dtype)
+        rows = tf.range(batch) + batch * _replica_id()
+        global_shape = tf.concat([[batch * _num_replicas()], tf.shape(x0)[1:]], 0)
+        T = self.diffusion.num_timesteps
+        t = tf.gather(tf.random.stateless_uniform(global_shape[:1], t_seed, minval=0, maxval=T, dtype=tf.int32), rows)
+        noise = tf.gather(tf.random.stateless_normal(global_shape, noise_seed, dtype=x0.dtype), rows)
         if labels is not None and self.num_classes is not None:
             labels = tf.cast(labels, tf.int32)
             if self.label_dropout > 0:
-                dropped = tf.random.stateless_uniform([batch], drop_seed) < self.label_dropout
+                dropped = tf.gather(tf.random.stateless_uniform(global_shape[:1], drop_seed), rows) < self.label_dropout
                 labels = tf.where(dropped, self.num_classes, labels)
         elif self.num_classes is None:
             labels = None
@@ -216,13 +224,11 @@ class DiffusionModel(keras.Model):
             scaled_loss = self.optimizer.scale_loss(loss / _num_replicas())
         gradients = tape.gradient(scaled_loss, self.trainable_variables)
         finite = tf.math.is_finite(loss)
-        # A non-finite loss leaves the weights as they were; the step is counted, and the
-        # training binary (or `StopOnNonFiniteLoss`) stops with an error.
-        def apply():
-            self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
-            return tf.constant(True)
-
-        tf.cond(finite, apply, lambda: tf.constant(False))
+        # A non-finite loss must not reach the weights: its gradients are replaced by zeros
+        # (a conditional apply would break the all-reduce under tf.distribute), the step is
+        # counted, and `StopOnNonFiniteLoss` (or the training binary) stops with an error.
+        gradients = [tf.where(finite, g, tf.zeros_like(g)) for g in gradients]
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
         self.nonfinite_tracker.update_state(1.0 - tf.cast(finite, tf.float32))
         self.loss_tracker.update_state(tf.where(finite, loss, 0.0))
         return {m.name: m.result() for m in self.metrics}

@@ -22,9 +22,9 @@ from tfdiffusion import layers, plots, schedules
 from tfdiffusion.diffusion import GaussianDiffusion
 from tfdiffusion.model import DiffusionModel
 
-NETWORKS = {"SeedUNet": layers.SeedUNet, "MLPDenoiser": layers.MLPDenoiser}
+NETWORKS = {"SeedUNet": layers.SeedUNet, "MLPDenoiser": layers.MLPDenoiser, "UNet": layers.UNet, "DiT": layers.DiT}
 JIT_SETTINGS = ("auto", True, False)
-STRATEGIES = ("default", "mirrored")
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 # Keys that may change between runs in one workdir without `allow_config_change`.
 RESUMABLE_CHANGES = (("train", "steps"), ("train", "allow_config_change"))
@@ -73,6 +73,8 @@ def validate_config(config):
              and train.checkpoint_every % train.steps_per_execution == 0, "train.steps_per_execution",
              train.steps_per_execution, "an integer >= 1 dividing config.train.checkpoint_every")
     _require(train.jit_compile in JIT_SETTINGS, "train.jit_compile", train.jit_compile, "'auto', True or False")
+    _require(_is_int(train.cpu_devices) and train.cpu_devices >= 0, "train.cpu_devices", train.cpu_devices,
+             "an integer >= 0")
     _require(train.strategy in STRATEGIES, "train.strategy", train.strategy, f"one of {STRATEGIES}")
     _require(train.mixed_precision in PRECISIONS, "train.mixed_precision", train.mixed_precision, f"one of {PRECISIONS}")
     _require(_is_int(config.sample.num_samples) and config.sample.num_samples >= 1, "sample.num_samples",
@@ -113,7 +115,7 @@ def check_workdir_config(workdir, config):
 
 # -- files -----------------------------------------------------------------------------------
 def atomic_write_text(path, text):
-    temporary = path + ".partial"
+    temporary = f"{path}.partial-{os.getpid()}"
     with open(temporary, "w") as f:
         f.write(text)
         f.flush()
@@ -126,7 +128,7 @@ def atomic_path(path):
     """Yields a temporary path with the same suffix; renames it onto `path` only on success."""
     directory, name = os.path.split(path)
     stem, _, suffix = name.partition(".")
-    temporary = os.path.join(directory, f".{stem}.partial.{suffix}")
+    temporary = os.path.join(directory, f".{stem}.partial-{os.getpid()}.{suffix}")
     try:
         yield temporary
         os.replace(temporary, path)
@@ -265,8 +267,30 @@ def load_training_data(data_config, seed):
     )
 
 
-def _strategy(name):
-    return tf.distribute.MirroredStrategy() if name == "mirrored" else tf.distribute.get_strategy()
+def make_strategy(name):
+    """The `tf.distribute` strategy named by config.train.strategy."""
+    if name == "mirrored":
+        # All GPUs, else every logical CPU device (see config.train.cpu_devices).
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
+    if name == "multi_worker":
+        # Keras `fit` fails under this strategy (keras-team/keras#20585): `_train` uses a custom loop.
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy):
+    """True on the one process that writes checkpoints, logs and outputs."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0
+                                             and "chief" not in resolver.cluster_spec().as_dict())
 
 
 def sample_labels(model, num_samples):
@@ -277,6 +301,10 @@ def sample_labels(model, num_samples):
 def train(config, workdir):
     """Trains (or resumes) the run of `config` in `workdir`; returns a summary dict."""
     validate_config(config)
+    if config.train.cpu_devices:
+        # Splits the CPU into logical devices, to run multi-device code on one machine.
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * config.train.cpu_devices)
     os.makedirs(workdir, exist_ok=True)
     check_workdir_config(workdir, config)
     if config.train.deterministic:
@@ -297,7 +325,10 @@ def _train(config, workdir):
     if config.data.batch_size > len(x):
         raise ConfigError(f"config.data.batch_size must be <= the dataset size {len(x)}. "
                           f"Received: config.data.batch_size={config.data.batch_size}")
-    strategy = _strategy(config.train.strategy)
+    strategy = make_strategy(config.train.strategy)
+    if config.data.batch_size % strategy.num_replicas_in_sync:
+        raise ConfigError(f"config.data.batch_size must be divisible by the {strategy.num_replicas_in_sync} replicas. "
+                          f"Received: config.data.batch_size={config.data.batch_size}")
     with strategy.scope():
         model = build_model(config)
         model(tf.zeros((1,) + x.shape[1:]), tf.zeros((1,), tf.int32))  # builds every weight
@@ -309,50 +340,117 @@ def _train(config, workdir):
         model.optimizer.build(model.trainable_variables)
     manager = CheckpointManager(os.path.join(workdir, "checkpoints"), model, keep=config.train.keep_checkpoints)
     start_step = manager.restore()
+    if model.num_classes is None:
+        labels = None
+    start = time.time()
+    final_loss = None
+    if start_step < config.train.steps:
+        logging.info("Training steps %d → %d in %s (strategy %s, %d replicas)", start_step, config.train.steps,
+                     workdir, config.train.strategy, strategy.num_replicas_in_sync)
+        if config.train.strategy == "multi_worker":
+            final_loss = _custom_loop(model, strategy, x, labels, config, manager, start_step, workdir)
+        else:
+            final_loss = _keras_fit(model, x, labels, config, manager, start_step, workdir)
+    elapsed = time.time() - start
+    if not is_chief(strategy):
+        return {"name": config.name, "steps": int(model.optimizer.iterations.numpy()), "chief": False}
+    if model.optimizer.use_ema:
+        model.optimizer.finalize_variable_values(model.trainable_variables)
+    with atomic_path(os.path.join(workdir, "model.keras")) as temporary:
+        model.save(temporary)
+    write_samples(model, config, x, os.path.join(workdir, "samples.png"))
+    trained_steps = config.train.steps - start_step
+    summary = {
+        "name": config.name,
+        "steps": int(model.optimizer.iterations.numpy()),
+        "resumed_from": start_step,
+        "final_loss": final_loss,
+        "seconds": elapsed,
+        "examples_per_second": trained_steps * config.data.batch_size / elapsed if trained_steps and elapsed else None,
+        "jit_compile": jit_compile,
+        "replicas": strategy.num_replicas_in_sync,
+    }
+    atomic_write_text(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2))
+    logging.info("Done: %s", summary)
+    return summary
+
+
+def write_samples(model, config, x, path):
+    """Draws config.sample.num_samples samples and writes them as a PNG (a grid or a scatter)."""
+    labels = sample_labels(model, config.sample.num_samples)
+    samples = model.generate(
+        config.sample.num_samples, seed=config.sample.seed, sampler=config.sample.sampler,
+        num_steps=config.sample.num_steps or None, labels=labels,
+        guidance_scale=config.sample.guidance_scale if model.num_classes is not None else None,
+    )
+    steps = config.sample.num_steps or model.diffusion.num_timesteps
+    with atomic_path(path) as temporary:
+        plots.save_samples(samples, temporary, reference=x[: len(samples)] if x.ndim == 2 else None, labels=labels,
+                           title=f"{config.name}: {config.sample.sampler}, {steps} steps")
+    return samples
+
+
+def _keras_fit(model, x, labels, config, manager, start_step, workdir):
     every = config.train.checkpoint_every
-    dataset = data_lib.step_indexed_batches(x, labels if model.num_classes is not None else None,
-                                            config.data.batch_size, seed=config.seed, start_step=start_step)
+    dataset = data_lib.step_indexed_batches(x, labels, config.data.batch_size, seed=config.seed, start_step=start_step)
     callbacks = [
         StopOnNonFiniteLoss(),
         CheckpointEveryEpoch(manager),
         keras.callbacks.CSVLogger(os.path.join(workdir, "loss.csv"), append=True),
         keras.callbacks.TensorBoard(os.path.join(workdir, "logs"), update_freq=config.train.log_every),
     ]
-    start = time.time()
-    history = {}
-    if start_step < config.train.steps:
-        logging.info("Training steps %d → %d in %s", start_step, config.train.steps, workdir)
-        history = model.fit(
-            dataset, steps_per_epoch=every, epochs=config.train.steps // every, initial_epoch=start_step // every,
-            callbacks=callbacks, verbose=2 if config.train.verbose else 0,
-        ).history
-    elapsed = time.time() - start
-    if model.optimizer.use_ema:
-        model.optimizer.finalize_variable_values(model.trainable_variables)
-    with atomic_path(os.path.join(workdir, "model.keras")) as temporary:
-        model.save(temporary)
-    samples = model.generate(
-        config.sample.num_samples, seed=config.sample.seed, sampler=config.sample.sampler,
-        num_steps=config.sample.num_steps or None, labels=sample_labels(model, config.sample.num_samples),
-        guidance_scale=config.sample.guidance_scale if model.num_classes is not None else None,
-    )
-    reference = x[: len(samples)] if x.ndim == 2 else None
-    with atomic_path(os.path.join(workdir, "samples.png")) as temporary:
-        plots.save_samples(samples, temporary, reference=reference, labels=sample_labels(model, len(samples)),
-                           title=f"{config.name}: {config.sample.sampler}, {config.sample.num_steps or model.diffusion.num_timesteps} steps")
-    trained_steps = config.train.steps - start_step
-    summary = {
-        "name": config.name,
-        "steps": int(model.optimizer.iterations.numpy()),
-        "resumed_from": start_step,
-        "final_loss": float(history["loss"][-1]) if history.get("loss") else None,
-        "seconds": elapsed,
-        "examples_per_second": trained_steps * config.data.batch_size / elapsed if trained_steps and elapsed else None,
-        "jit_compile": jit_compile,
-    }
-    atomic_write_text(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2))
-    logging.info("Done: %s", summary)
-    return summary
+    history = model.fit(
+        dataset, steps_per_epoch=every, epochs=config.train.steps // every, initial_epoch=start_step // every,
+        callbacks=callbacks, verbose=2 if config.train.verbose else 0,
+    ).history
+    return float(history["loss"][-1])
+
+
+def _custom_loop(model, strategy, x, labels, config, manager, start_step, workdir):
+    """`strategy.run(model.train_step)` over per-worker slices of the same global batches.
+
+    Each input pipeline builds the global batch k and keeps the rows of its replicas, so the
+    replicas together see exactly the batch a single device sees at step k.
+    """
+    global_batch = config.data.batch_size
+
+    def dataset_fn(context):
+        per_replica = context.get_per_replica_batch_size(global_batch)
+        replicas_here = global_batch // context.num_input_pipelines // per_replica
+        first = context.input_pipeline_id * replicas_here * per_replica
+        batches = data_lib.step_indexed_batches(x, labels, global_batch, seed=config.seed, start_step=start_step)
+
+        def split(*batch):
+            mine = [b[first:first + replicas_here * per_replica] for b in batch]
+            shards = [tf.reshape(b, tf.concat([[replicas_here, per_replica], tf.shape(b)[1:]], 0)) for b in mine]
+            return tf.data.Dataset.from_tensor_slices(tuple(shards) if len(shards) > 1 else shards[0])
+
+        return batches.flat_map(split)
+
+    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+
+    @tf.function
+    def train_step(iterator):
+        strategy.run(model.train_step, args=(next(iterator),))
+
+    chief = is_chief(strategy)
+    writer = tf.summary.create_file_writer(os.path.join(workdir, "logs", "train")) if chief else None
+    loss = None
+    for step in range(start_step, config.train.steps):
+        train_step(iterator)
+        if model.nonfinite_tracker.result() > 0:
+            raise NonFiniteLossError(f"The training loss was not finite at step {step}; that update was not applied "
+                                     "and training stopped. Lower the learning rate or check the data.")
+        if (step + 1) % config.train.log_every == 0 or (step + 1) % config.train.checkpoint_every == 0:
+            loss = float(model.loss_tracker.result())
+            model.loss_tracker.reset_state()
+            if chief:
+                with writer.as_default():
+                    tf.summary.scalar("loss", loss, step=step + 1)
+                logging.info("step %d loss %.5f", step + 1, loss)
+        if (step + 1) % config.train.checkpoint_every == 0 and chief:
+            manager.save(step + 1)
+    return loss
 
 
 def base_config():
@@ -374,7 +472,7 @@ def base_config():
                           "use_ema": False, "ema_momentum": 0.9999},
             "train": {"steps": 1000, "checkpoint_every": 500, "log_every": 100, "keep_checkpoints": 3,
                       "jit_compile": "auto", "steps_per_execution": 1, "mixed_precision": "float32",
-                      "deterministic": False, "strategy": "default", "allow_config_change": False, "verbose": True},
+                      "deterministic": False, "strategy": "default", "cpu_devices": 0, "allow_config_change": False, "verbose": True},
             "sample": {"num_samples": 16, "sampler": "ddpm", "num_steps": 0, "seed": 0, "guidance_scale": 0.0},
         }
     )
