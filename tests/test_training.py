@@ -166,3 +166,50 @@ def test_resolve_jit_compile():
     assert training.resolve_jit_compile(True) is True
     assert training.resolve_jit_compile(False) is False
     assert training.resolve_jit_compile("auto") is False  # no GPU/TPU on the test machines
+
+
+def _newest_checkpoint(workdir):
+    directory = workdir / "checkpoints"
+    steps = training.CheckpointManager(str(directory), None).steps() if directory.exists() else []
+    return steps[-1] if steps else 0
+
+
+@pytest.mark.slow
+def test_sigkill_five_times_then_resume_equals_an_uninterrupted_run(tmp_path):
+    import random
+    import signal
+    import time
+
+    flags = [
+        "--config=configs/moons.py:tiny", "--config.train.steps=600", "--config.train.checkpoint_every=10",
+        "--config.train.log_every=10", "--config.optimizer.use_ema=True", "--config.optimizer.ema_momentum=0.9",
+        "--config.optimizer.schedule=constant", "--config.train.deterministic=True", "--config.train.verbose=False",
+        "--config.sample.num_samples=8",
+    ]
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    assert run_binary(*flags, f"--workdir={straight}").returncode == 0
+    rng = random.Random(0)
+    kills = []
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    while len(kills) < 5:
+        process = subprocess.Popen(TRAIN + flags + [f"--workdir={interrupted}"], cwd=ROOT, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        target = _newest_checkpoint(interrupted) + 10 * rng.randint(1, 8)
+        while process.poll() is None and _newest_checkpoint(interrupted) < target:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.05))  # anywhere in a step or a checkpoint write
+        assert process.poll() is None, "the run ended before it could be killed; lengthen it"
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        kills.append(_newest_checkpoint(interrupted))
+    assert kills == sorted(kills) and kills[-1] < 600
+    assert run_binary(*flags, f"--workdir={interrupted}").returncode == 0
+    a = checkpoint_arrays(straight / "checkpoints" / "ckpt-000000600.weights.h5")
+    b = checkpoint_arrays(interrupted / "checkpoints" / "ckpt-000000600.weights.h5")
+    assert any(name.startswith("optimizer") for name in a)  # Adam moments and the EMA weights
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    ema_a = keras.saving.load_model(straight / "model.keras").get_weights()
+    ema_b = keras.saving.load_model(interrupted / "model.keras").get_weights()
+    for x, y in zip(ema_a, ema_b):
+        np.testing.assert_array_equal(x, y)

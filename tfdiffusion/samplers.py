@@ -113,7 +113,7 @@ def _is_concrete(value):
 def _concrete(value):
     if tf.is_tensor(value):
         value = value.numpy()
-    if isinstance(value, np.ndarray) and value.ndim == 0:
+    if isinstance(value, (np.ndarray, np.generic)) and np.ndim(value) == 0:
         value = value.item()
     if isinstance(value, bytes):
         value = value.decode()
@@ -293,9 +293,19 @@ def sample(
     """
     T = diffusion.num_timesteps
     num_steps = T if num_steps is None else num_steps
-    if all(_is_concrete(v) for v in (sampler, num_steps, eta, guidance_scale)):
-        sampler, num_steps, eta, guidance_scale = map(_concrete, (sampler, num_steps, eta, guidance_scale))
-        validate_request(T, sampler=sampler, num_steps=num_steps, eta=eta, guidance_scale=guidance_scale)
+    request = dict(sampler=sampler, num_steps=num_steps, eta=eta, guidance_scale=guidance_scale)
+    # Values known now are checked now (ValueError); the placeholders stand in for symbolic ones.
+    concrete = {k: _concrete(v) for k, v in request.items() if _is_concrete(v)}
+    validate_request(T, **{**dict(sampler=SAMPLERS[0], num_steps=1, eta=0.0, guidance_scale=None), **concrete})
+    request.update(concrete)
+    symbolic = {k: v for k, v in request.items() if not _is_concrete(v)}
+    if symbolic:
+        # Known only at run time: assert in the graph (InvalidArgumentError naming the argument)
+        # and route the request through the assertions, so no op of the sampler sees a bad value.
+        checks = graph_checks(T, **{k: v if v is None else tf.convert_to_tensor(v) for k, v in request.items()})
+        with tf.control_dependencies(checks):
+            request.update({k: tf.identity(v) for k, v in symbolic.items()})
+    sampler, num_steps, eta, guidance_scale = (request[k] for k in ("sampler", "num_steps", "eta", "guidance_scale"))
     if ddpm_variance not in DDPM_VARIANCES:
         raise ValueError(f"ddpm_variance must be one of {DDPM_VARIANCES}. Received: ddpm_variance={ddpm_variance!r}")
     if trajectory_every is not None and (not isinstance(trajectory_every, int) or trajectory_every < 1):

@@ -69,7 +69,7 @@ def validate_betas(betas):
     if bad.size:
         i = int(bad[0])
         raise ValueError(
-            f"Every β must lie in (0, 1). Received: betas[{i}]={betas[i]!r} "
+            f"Every β must lie in (0, 1). Received: betas[{i}]={float(betas[i])!r} "
             f"({bad.size} of {betas.size} values outside)"
         )
     return betas

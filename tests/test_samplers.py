@@ -1,0 +1,503 @@
+"""Tests for tfdiffusion.samplers.
+
+Most tests use data x_0 ~ N(μ, s²), for which every marginal is Gaussian,
+q(x_t) = N(√ᾱ_t μ, ᾱ_t s² + 1 − ᾱ_t), and the optimal noise prediction is known exactly:
+
+    ε*(x_t, t) = √(1 − ᾱ_t) (x_t − √ᾱ_t μ) / (ᾱ_t s² + 1 − ᾱ_t)   (= −√(1 − ᾱ_t) ∇ log q(x_t)).
+
+ε* is affine in x_t, so every sampler is an affine (or, with noise, linear-Gaussian) map of
+x_T, and the exact output of each discretised chain can be computed independently here in
+float64 NumPy. The probability-flow ODE, solved exactly, maps x_T to
+x_0 = μ + s (x_T − √ᾱ_T μ) / √(ᾱ_T s² + 1 − ᾱ_T).
+"""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfdiffusion import samplers, schedules
+from tfdiffusion.diffusion import GaussianDiffusion
+
+T = 400
+MU, S = 0.5, 0.2
+N = 20_000
+SAMPLER_CASES = [("ddpm", 0.0), ("ddim", 0.0), ("ddim", 1.0), ("dpmpp_2m", 0.0)]
+
+BETAS = schedules.make_betas("linear", T)
+DIFFUSION = GaussianDiffusion(BETAS)
+ALPHA_BAR = np.cumprod(1.0 - BETAS)  # ᾱ_t, recomputed here
+_VAR = ALPHA_BAR * S**2 + 1.0 - ALPHA_BAR
+# ε*(x, t) = C1[t]·x + C0[t], tabulated in float64 and cast once. (A table keeps the graph free
+# of constant chains that graph optimisation could refold, so eager and graph runs agree bitwise.)
+C1 = np.sqrt(1.0 - ALPHA_BAR) / _VAR
+C0 = -np.sqrt(1.0 - ALPHA_BAR) * np.sqrt(ALPHA_BAR) * MU / _VAR
+_C1_TF, _C0_TF = tf.constant(C1, tf.float32), tf.constant(C0, tf.float32)
+
+
+def analytic_eps(x, t, labels=None):
+    return tf.gather(_C1_TF, t)[:, None] * x + tf.gather(_C0_TF, t)[:, None]
+
+
+def exact_ode_solution(x_T):
+    a = ALPHA_BAR[-1]
+    return MU + S * (np.asarray(x_T, np.float64) - math.sqrt(a) * MU) / math.sqrt(a * S**2 + 1.0 - a)
+
+
+def ab(t):
+    return 1.0 if t < 0 else ALPHA_BAR[t]
+
+
+def hand_sequence(n):
+    taus = np.round(np.linspace(T - 1, 0, n)).astype(int)
+    return list(zip(taus, list(taus[1:]) + [-1]))
+
+
+_FUNCTIONS = {}
+
+
+def run_sampler(sampler, num_steps, eta=0.0, *, x_T=None, seed=1, shape=(N, 1), **kwargs):
+    """samplers.sample in one tf.function per configuration (num_steps and eta as tensors)."""
+    key = (sampler, shape, x_T is None, tuple(sorted(kwargs)))
+    if key not in _FUNCTIONS:
+        def fn(num_steps, eta, seed, x_T):
+            return samplers.sample(analytic_eps, DIFFUSION, shape, sampler=sampler, num_steps=num_steps, eta=eta,
+                                   seed=seed, x_T=x_T, **kwargs)
+        _FUNCTIONS[key] = tf.function(fn)
+    out = _FUNCTIONS[key](tf.constant(num_steps), tf.constant(eta), tf.constant(seed, tf.int64),
+                          None if x_T is None else tf.constant(x_T, tf.float32))
+    return out.numpy()
+
+
+@pytest.fixture(scope="module")
+def x_T():
+    return np.random.default_rng(123).standard_normal((N, 1)).astype(np.float32)
+
+
+# -- independent float64 references ------------------------------------------------------------
+def ddpm_chain_moments(n, variance="beta_tilde"):
+    """Mean and variance of DDPM's output for x_T ~ N(0, 1) (eq. 11 + σ z on the respaced chain)."""
+    m, v = 0.0, 1.0
+    for t, t_prev in hand_sequence(n):
+        a_t, a_p = ab(t), ab(t_prev)
+        alpha = a_t / a_p
+        beta = 1.0 - alpha
+        k = beta / math.sqrt(1.0 - a_t)
+        gain, offset = (1.0 - k * C1[t]) / math.sqrt(alpha), -k * C0[t] / math.sqrt(alpha)
+        sigma2 = 0.0 if t_prev < 0 else (beta * (1.0 - a_p) / (1.0 - a_t) if variance == "beta_tilde" else beta)
+        m, v = gain * m + offset, gain**2 * v + sigma2
+    return m, v
+
+
+def ddim_affine_map(n):
+    """(gain, offset) of DDIM η=0 (Song et al. eq. 12): x_0 = gain·x_T + offset."""
+    x = np.array([1.0, 0.0])  # x = x[0]·x_T + x[1]
+    one = np.array([0.0, 1.0])
+    for t, t_prev in hand_sequence(n):
+        a_t, a_p = ab(t), ab(t_prev)
+        eps = C1[t] * x + C0[t] * one
+        x0 = (x - math.sqrt(1.0 - a_t) * eps) / math.sqrt(a_t)
+        x = math.sqrt(a_p) * x0 + math.sqrt(1.0 - a_p) * eps
+    return x
+
+
+def dpmpp_2m_affine_map(n):
+    """(gain, offset) of DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2), written from the paper."""
+    x = np.array([1.0, 0.0])
+    one = np.array([0.0, 1.0])
+    lam = lambda a: 0.5 * math.log(a / (1.0 - a))  # noqa: E731
+    previous_x0, previous_h = None, None
+    for i, (t, t_prev) in enumerate(hand_sequence(n)):
+        a_t, a_p = ab(t), ab(t_prev)
+        x0 = (x - math.sqrt(1.0 - a_t) * (C1[t] * x + C0[t] * one)) / math.sqrt(a_t)
+        if t_prev < 0:  # into the data: σ = 0, λ = ∞
+            return x0
+        h = lam(a_p) - lam(a_t)
+        if i == 0:
+            D = x0
+        else:
+            r = previous_h / h
+            D = (1.0 + 1.0 / (2.0 * r)) * x0 - 1.0 / (2.0 * r) * previous_x0
+        x = math.sqrt((1.0 - a_p) / (1.0 - a_t)) * x - math.sqrt(a_p) * (math.exp(-h) - 1.0) * D
+        previous_x0, previous_h = x0, h
+    return x
+
+
+# -- Gaussian data: moments and convergence -----------------------------------------------------
+@pytest.mark.parametrize("sampler,eta", SAMPLER_CASES)
+def test_recovers_gaussian_and_std_error_shrinks_with_steps(sampler, eta):
+    errors = []
+    for n in (20, 100, 400):
+        x = run_sampler(sampler, n, eta, seed=11)
+        assert abs(x.mean() - MU) < 0.01, (n, x.mean())  # 5·se = 5·0.2/√20000 ≈ 0.007, plus slack
+        errors.append(abs(x.std() - S))
+    assert errors[0] > errors[1] > errors[2], errors
+    # At 400 steps: DDPM/DDIM-η=1 with β̃ keep an inherent discretisation bias (std ≈ 0.19);
+    # DDIM-η=0 is a first-order ODE solver; DPM-Solver++(2M) is second order.
+    bound = {("ddpm", 0.0): 0.015, ("ddim", 1.0): 0.015, ("ddim", 0.0): 0.008, ("dpmpp_2m", 0.0): 0.004}[(sampler, eta)]
+    assert errors[2] < bound, errors
+
+
+@pytest.mark.parametrize("sampler,eta,n", [("ddpm", 0.0, 20), ("ddpm", 0.0, 400), ("ddim", 1.0, 20)])
+def test_stochastic_samplers_match_exact_chain_moments(sampler, eta, n):
+    mean, var = ddpm_chain_moments(n)
+    x = run_sampler(sampler, n, eta, seed=12).astype(np.float64)
+    std = math.sqrt(var)
+    assert abs(x.mean() - mean) < 5 * std / math.sqrt(N)
+    assert abs(x.std() - std) < 5 * std / math.sqrt(2 * N)
+
+
+def test_ddpm_beta_variance_matches_exact_chain_moments():
+    mean, var = ddpm_chain_moments(50, variance="beta")
+    x = run_sampler("ddpm", 50, seed=13, ddpm_variance="beta").astype(np.float64)
+    std = math.sqrt(var)
+    assert std > math.sqrt(ddpm_chain_moments(50)[1])  # σ² = β_t adds more noise than β̃_t
+    assert abs(x.mean() - mean) < 5 * std / math.sqrt(N)
+    assert abs(x.std() - std) < 5 * std / math.sqrt(2 * N)
+
+
+def test_ddim_eta1_equals_ddpm_with_same_seed():
+    # σ_t(η=1) = √β̃_t, and √ᾱ_prev x̂_0 + √(1 − ᾱ_prev − β̃_t) ε equals eq. 11's mean: the same chain.
+    a = run_sampler("ddpm", 50, seed=14, shape=(256, 1))
+    b = run_sampler("ddim", 50, 1.0, seed=14, shape=(256, 1))
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("sampler,n", [("ddim", 20), ("ddim", 400), ("dpmpp_2m", 7), ("dpmpp_2m", 20)])
+def test_deterministic_samplers_match_float64_reference(x_T, sampler, n):
+    gain, offset = ddim_affine_map(n) if sampler == "ddim" else dpmpp_2m_affine_map(n)
+    x = run_sampler(sampler, n, 0.0, x_T=x_T)
+    np.testing.assert_allclose(x, gain * x_T.astype(np.float64) + offset, rtol=0, atol=2e-4)
+
+
+def test_ddim_400_steps_matches_exact_ode_solution(x_T):
+    error = np.abs(run_sampler("ddim", T, 0.0, x_T=x_T) - exact_ode_solution(x_T))
+    assert error.max() < 0.02
+    assert error.mean() < 0.005
+
+
+def test_dpmpp_2m_beats_ddim_at_20_steps(x_T):
+    exact = exact_ode_solution(x_T)
+    ddim_error = np.abs(run_sampler("ddim", 20, 0.0, x_T=x_T) - exact).mean()
+    dpm_error = np.abs(run_sampler("dpmpp_2m", 20, 0.0, x_T=x_T) - exact).mean()
+    assert dpm_error < ddim_error
+    # And it converges: with every step it is within float32 noise of the exact solution.
+    assert np.abs(run_sampler("dpmpp_2m", T, 0.0, x_T=x_T) - exact).max() < 2e-3
+
+
+# -- seeds and reproducibility ----------------------------------------------------------------------
+@pytest.mark.parametrize("sampler,eta", SAMPLER_CASES)
+def test_same_seed_bitwise_equal_eager_and_tf_function(sampler, eta):
+    kwargs = dict(sampler=sampler, num_steps=25, eta=eta, seed=5)
+    eager = samplers.sample(analytic_eps, DIFFUSION, (64, 1), **kwargs).numpy()
+    graph = tf.function(lambda: samplers.sample(analytic_eps, DIFFUSION, (64, 1), **kwargs))().numpy()
+    np.testing.assert_array_equal(eager, graph)
+    again = samplers.sample(analytic_eps, DIFFUSION, (64, 1), **kwargs).numpy()
+    np.testing.assert_array_equal(eager, again)
+    other = samplers.sample(analytic_eps, DIFFUSION, (64, 1), **{**kwargs, "seed": 6}).numpy()
+    assert np.abs(other - eager).min() > 0.0
+
+
+def test_x_T_comes_from_seed_and_can_be_overridden():
+    shape = (32, 1)
+    x_T = tf.random.stateless_normal(shape, [9, 0])
+    from_seed = samplers.sample(analytic_eps, DIFFUSION, shape, sampler="ddim", num_steps=10, seed=9).numpy()
+    explicit = samplers.sample(analytic_eps, DIFFUSION, shape, sampler="ddim", num_steps=10, seed=0, x_T=x_T).numpy()
+    np.testing.assert_array_equal(from_seed, explicit)
+
+
+# -- timestep sequence and trajectories -----------------------------------------------------------
+@pytest.mark.parametrize("n,T_", [(2, 400), (3, 400), (7, 400), (10, 400), (50, 400), (333, 400), (399, 400),
+                                   (400, 400), (17, 1000), (999, 1000), (1000, 1000), (2, 2)])
+def test_timestep_sequence_properties(n, T_):
+    seq = samplers.timestep_sequence(n, T_).numpy()
+    assert seq.dtype == np.int32 and seq.shape == (n,)
+    assert seq[0] == T_ - 1 and seq[-1] == 0
+    assert np.all(np.diff(seq) < 0)
+    if n == T_:
+        np.testing.assert_array_equal(seq, np.arange(T_ - 1, -1, -1))
+
+
+def test_timestep_sequence_hand_values():
+    # linspace(399, 0, 5) = 399, 299.25, 199.5, 99.75, 0; 199.5 rounds half to even → 200.
+    np.testing.assert_array_equal(samplers.timestep_sequence(5, 400).numpy(), [399, 299, 200, 100, 0])
+    np.testing.assert_array_equal(samplers.timestep_sequence(1, 400).numpy(), [399])
+
+
+def test_ddpm_trajectory_follows_algorithm_2_step_by_step():
+    shape, seed, n = (16, 1), 3, 6
+    samples, frames = samplers.sample(analytic_eps, DIFFUSION, shape, sampler="ddpm", num_steps=n, seed=seed,
+                                      trajectory_every=1)
+    frames, samples = frames.numpy(), samples.numpy()
+    assert frames.shape == (n + 1,) + shape
+    np.testing.assert_array_equal(frames[0], tf.random.stateless_normal(shape, [seed, 0]).numpy())
+    np.testing.assert_array_equal(frames[-1], samples)
+    for i, (t, t_prev) in enumerate(hand_sequence(n)):
+        x = frames[i].astype(np.float64)
+        a_t, a_p = ab(t), ab(t_prev)
+        alpha = a_t / a_p
+        eps = C1[t] * x + C0[t]
+        mean = (x - (1 - alpha) / math.sqrt(1 - a_t) * eps) / math.sqrt(alpha)  # eq. 11
+        z = tf.random.stateless_normal(shape, [seed, i + 1]).numpy() if t_prev >= 0 else 0.0
+        sigma = math.sqrt((1 - alpha) * (1 - a_p) / (1 - a_t))
+        np.testing.assert_allclose(frames[i + 1], mean + sigma * z, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("n,k", [(10, 3), (10, 5), (10, 10), (7, 1), (1, 4)])
+def test_trajectory_frame_count_and_ends(n, k):
+    shape = (8, 1)
+    samples, frames = samplers.sample(analytic_eps, DIFFUSION, shape, sampler="ddim", num_steps=n, eta=1.0, seed=4,
+                                      trajectory_every=k)
+    _, every = samplers.sample(analytic_eps, DIFFUSION, shape, sampler="ddim", num_steps=n, eta=1.0, seed=4,
+                               trajectory_every=1)
+    assert frames.shape[0] == math.ceil(n / k) + 1
+    np.testing.assert_array_equal(frames[0].numpy(), tf.random.stateless_normal(shape, [4, 0]).numpy())
+    np.testing.assert_array_equal(frames[-1].numpy(), samples.numpy())
+    for j in range(frames.shape[0] - 1):  # frame j is x before step j·k
+        np.testing.assert_array_equal(frames[j].numpy(), every[j * k].numpy())
+
+
+# -- classifier-free guidance -------------------------------------------------------------------------
+NULL = 10
+
+
+class RecordingEps:
+    """ε(x, t, y) = 0.1 x + 0.05 y + 0.001 t, recording every call's batch and labels."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, x, t, labels):
+        self.calls.append((int(x.shape[0]), None if labels is None else labels.numpy().tolist()))
+        return 0.1 * x + 0.05 * tf.cast(labels, x.dtype)[:, None] + 0.001 * tf.cast(t, x.dtype)[:, None]
+
+
+@pytest.mark.parametrize("w", [0.5, 3.0])
+def test_guided_eps_is_one_batched_call_with_cfg_formula(w):
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(4, 1)).astype(np.float32))
+    t = tf.constant([5, 5, 9, 9])
+    labels = tf.constant([0, 3, 7, 10])
+    eps_fn = RecordingEps()
+    guided = samplers.guided_eps_fn(eps_fn, w, NULL)(x, t, labels).numpy()
+    assert eps_fn.calls == [(8, [0, 3, 7, 10, NULL, NULL, NULL, NULL])]
+    x64, t64, y64 = x.numpy().astype(np.float64), t.numpy()[:, None], labels.numpy()[:, None]
+    conditional = 0.1 * x64 + 0.05 * y64 + 0.001 * t64
+    unconditional = 0.1 * x64 + 0.05 * NULL + 0.001 * t64
+    np.testing.assert_allclose(guided, (1 + w) * conditional - w * unconditional, rtol=1e-5, atol=1e-5)
+
+
+def test_zero_guidance_is_the_plain_conditional_in_one_call():
+    x = tf.constant([[0.3], [-1.2]])
+    t, labels = tf.constant([2, 2]), tf.constant([1, 4])
+    eps_fn = RecordingEps()
+    out = samplers.guided_eps_fn(eps_fn, 0.0, NULL)(x, t, labels).numpy()
+    assert eps_fn.calls == [(2, [1, 4])]
+    np.testing.assert_array_equal(out, RecordingEps()(x, t, labels).numpy())
+    assert samplers.guided_eps_fn(eps_fn, None, NULL) is eps_fn
+    assert samplers.guided_eps_fn(eps_fn, 1.0, None) is eps_fn
+
+
+def test_sample_with_guidance_batches_every_step():
+    shape, n = (3, 1), 4
+    labels = tf.constant([1, 2, 3])
+    eps_fn = RecordingEps()
+    guided = samplers.sample(eps_fn, DIFFUSION, shape, sampler="ddim", num_steps=n, seed=2, labels=labels,
+                             guidance_scale=2.0, null_label=NULL).numpy()
+    assert [c[0] for c in eps_fn.calls] == [6] * n
+    assert all(c[1] == [1, 2, 3, NULL, NULL, NULL] for c in eps_fn.calls)
+    plain_fn = RecordingEps()
+    plain = samplers.sample(plain_fn, DIFFUSION, shape, sampler="ddim", num_steps=n, seed=2, labels=labels).numpy()
+    zero_fn = RecordingEps()
+    zero = samplers.sample(zero_fn, DIFFUSION, shape, sampler="ddim", num_steps=n, seed=2, labels=labels,
+                           guidance_scale=0.0, null_label=NULL).numpy()
+    assert [c[0] for c in zero_fn.calls] == [3] * n
+    np.testing.assert_array_equal(zero, plain)
+    assert not np.allclose(guided, plain)
+
+
+# -- validation ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(sampler="foo"), "Received: sampler='foo'"),
+        (dict(num_steps=0), "Received: num_steps=0"),
+        (dict(num_steps=T + 1), f"Received: num_steps={T + 1}"),
+        (dict(num_steps=2.5), "Received: num_steps=2.5"),
+        (dict(num_steps=True), "Received: num_steps=True"),
+        (dict(sampler="ddim", eta=1.5), "Received: eta=1.5"),
+        (dict(sampler="ddim", eta=-0.1), "Received: eta=-0.1"),
+        (dict(guidance_scale=float("inf"), null_label=NULL), "Received: guidance_scale=inf"),
+        (dict(ddpm_variance="large"), "Received: ddpm_variance='large'"),
+        (dict(trajectory_every=0), "Received: trajectory_every=0"),
+    ],
+)
+def test_invalid_requests_raise_value_error(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[")):
+        samplers.sample(analytic_eps, DIFFUSION, (2, 1), **kwargs)
+
+
+def test_validate_request_with_concrete_tensors():
+    samplers.validate_request(T, sampler=tf.constant("ddim").numpy().decode(), num_steps=np.int32(5), eta=1.0)
+    with pytest.raises(ValueError, match="Received: num_steps=0"):
+        samplers.sample(analytic_eps, DIFFUSION, (2, 1), num_steps=tf.constant(0))
+    with pytest.raises(ValueError, match="Received: sampler='foo'"):
+        samplers.sample(analytic_eps, DIFFUSION, (2, 1), sampler=tf.constant("foo"))
+
+
+@pytest.fixture(scope="module")
+def graph_sample():
+    @tf.function(input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.float32)])
+    def fn(sampler, num_steps, eta):
+        return samplers.sample(analytic_eps, DIFFUSION, (4, 1), sampler=sampler, num_steps=num_steps, eta=eta, seed=3)
+
+    return fn
+
+
+@pytest.fixture(scope="module")
+def graph_checks_fn():
+    @tf.function(input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.float32)])
+    def fn(sampler, num_steps, eta):
+        with tf.control_dependencies(samplers.graph_checks(T, sampler=sampler, num_steps=num_steps, eta=eta)):
+            return tf.identity(num_steps)
+
+    return fn
+
+
+BAD_TENSOR_REQUESTS = [
+    (("foo", 5, 0.0), 'sampler=\\\\?"foo'),
+    (("ddpm", 0, 0.0), "num_steps=0"),
+    (("ddpm", T + 1, 0.0), f"num_steps={T + 1}"),
+    (("ddim", 5, 1.5), "eta=1.5"),
+    (("ddim", 5, -0.1), "eta=-0.1"),
+]
+
+
+@pytest.mark.parametrize("args,pattern", BAD_TENSOR_REQUESTS)
+def test_graph_checks_raise_invalid_argument(graph_checks_fn, args, pattern):
+    assert graph_checks_fn("ddim", 5, 0.5).numpy() == 5
+    with pytest.raises(tf.errors.InvalidArgumentError, match=pattern):
+        graph_checks_fn(*args)
+
+
+@pytest.mark.parametrize("args,pattern", BAD_TENSOR_REQUESTS)
+def test_sample_in_graph_with_tensor_arguments_raises_invalid_argument(graph_sample, args, pattern):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=pattern):
+        graph_sample(*args)
+
+
+def test_sample_in_graph_with_tensor_sampler_selects_the_right_branch(graph_sample):
+    for sampler, eta in SAMPLER_CASES:
+        expected = samplers.sample(analytic_eps, DIFFUSION, (4, 1), sampler=sampler, num_steps=5, eta=eta, seed=3)
+        np.testing.assert_array_equal(graph_sample(sampler, 5, eta).numpy(), expected.numpy())
+
+
+def test_graph_checks_guidance_labels_and_num_samples():
+    @tf.function(input_signature=[tf.TensorSpec([], tf.float32), tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32)])
+    def fn(w, labels, num_samples):
+        checks = samplers.graph_checks(T, sampler=tf.constant("ddpm"), num_steps=tf.constant(5), eta=tf.constant(0.0),
+                                       guidance_scale=w, labels=labels, num_samples=num_samples, null_label=NULL)
+        with tf.control_dependencies(checks):
+            return tf.identity(num_samples)
+
+    assert fn(1.0, [0, 10], 2).numpy() == 2
+    with pytest.raises(tf.errors.InvalidArgumentError, match="guidance_scale=inf"):
+        fn(float("inf"), [0, 1], 2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="labels=.*11"):
+        fn(1.0, [0, 11], 2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="num_samples=3"):
+        fn(1.0, [0, 1], 3)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="num_samples=0"):
+        fn(1.0, np.zeros([0], np.int32), 0)
+
+
+# -- pure step functions against hand formulas ----------------------------------------------------
+def _step_inputs(seed=0, n=64):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(n, 2)).astype(np.float32), rng.normal(size=(n, 2)).astype(np.float32),
+            rng.normal(size=(n, 2)).astype(np.float32))
+
+
+@pytest.mark.parametrize("t,t_prev", [(399, 398), (100, 50), (10, 0), (0, -1)])
+def test_ddpm_step_is_eq_11_plus_sigma_z(t, t_prev):
+    x, eps, z = _step_inputs()
+    a_t, a_p = ab(t), ab(t_prev)
+    alpha, beta = a_t / a_p, 1 - a_t / a_p
+    mean = (x.astype(np.float64) - beta / math.sqrt(1 - a_t) * eps) / math.sqrt(alpha)
+    at, ap = tf.constant(a_t, tf.float64), tf.constant(a_p, tf.float64)
+    got_mean = samplers.ddpm_step(x, eps, at, ap, 0.0).numpy()
+    np.testing.assert_allclose(got_mean, mean, rtol=1e-5, atol=1e-5 / math.sqrt(alpha))
+    beta_tilde = beta * (1 - a_p) / (1 - a_t)
+    np.testing.assert_allclose(samplers.ddpm_step(x, eps, at, ap, z).numpy() - got_mean, math.sqrt(beta_tilde) * z,
+                               atol=1e-5)
+    np.testing.assert_allclose(samplers.ddpm_step(x, eps, at, ap, z, "beta").numpy() - got_mean, math.sqrt(beta) * z,
+                               atol=1e-5)
+    if t_prev == t - 1:  # consecutive: the same as GaussianDiffusion.p_mean_variance
+        p_mean = DIFFUSION.p_mean_variance(tf.constant(eps), tf.constant(x), tf.fill([x.shape[0]], t))[0].numpy()
+        np.testing.assert_allclose(got_mean, p_mean, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="variance_type='large'"):
+        samplers.ddpm_step(x, eps, at, ap, z, "large")
+
+
+@pytest.mark.parametrize("t,t_prev", [(399, 398), (300, 100), (20, 0), (5, -1)])
+def test_ddim_step_hand_formula_and_eta_one_is_ddpm(t, t_prev):
+    x, eps, z = _step_inputs(1)
+    a_t, a_p = ab(t), ab(t_prev)
+    at, ap = tf.constant(a_t, tf.float64), tf.constant(a_p, tf.float64)
+    x0 = (x.astype(np.float64) - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+    deterministic = math.sqrt(a_p) * x0 + math.sqrt(1 - a_p) * eps  # η = 0, Song et al. eq. 12
+    np.testing.assert_allclose(samplers.ddim_step(x, eps, at, ap, 0.0, z).numpy(), deterministic, atol=2e-5)
+    # η = 1: σ = √β̃ (the DDPM posterior), and the mean is DDPM's eq. 11.
+    beta_tilde = (1 - a_t / a_p) * (1 - a_p) / (1 - a_t)
+    zero = samplers.ddim_step(x, eps, at, ap, 1.0, np.zeros_like(z)).numpy()
+    np.testing.assert_allclose(samplers.ddim_step(x, eps, at, ap, 1.0, z).numpy() - zero, math.sqrt(beta_tilde) * z,
+                               atol=2e-5)
+    np.testing.assert_allclose(zero, samplers.ddpm_step(x, eps, at, ap, 0.0).numpy(), atol=2e-5)
+    # η = 0.5: σ = ½√β̃ and the ε coefficient is √(1 − ᾱ_prev − σ²).
+    sigma = 0.5 * math.sqrt(beta_tilde)
+    half = math.sqrt(a_p) * x0 + math.sqrt(max(1 - a_p - sigma**2, 0.0)) * eps + sigma * z
+    np.testing.assert_allclose(samplers.ddim_step(x, eps, at, ap, 0.5, z).numpy(), half, atol=2e-5)
+
+
+@pytest.mark.parametrize("t,t_prev", [(399, 370), (200, 150), (30, 0)])
+def test_dpmpp_2m_first_step_equals_ddim_eta0(t, t_prev):
+    x, eps, _ = _step_inputs(2)
+    at, ap = tf.constant(ab(t), tf.float64), tf.constant(ab(t_prev), tf.float64)
+    x0 = samplers.predict_x0(x, eps, at)
+    first, h = samplers.dpmpp_2m_step(x, x0, tf.zeros_like(x0), at, ap, tf.constant(1.0, tf.float64), True)
+    ddim = samplers.ddim_step(x, eps, at, ap, 0.0, tf.zeros_like(x0))
+    np.testing.assert_allclose(first.numpy(), ddim.numpy(), rtol=1e-5, atol=1e-5)
+    lam = lambda a: 0.5 * math.log(a / (1 - a))  # noqa: E731
+    assert h.numpy() == pytest.approx(lam(ab(t_prev)) - lam(ab(t)), rel=1e-12)
+
+
+def test_dpmpp_2m_second_order_step_and_final_step():
+    x, x0, previous_x0 = _step_inputs(3)
+    t, t_prev = 200, 150
+    a_t, a_p = ab(t), ab(t_prev)
+    at, ap = tf.constant(a_t, tf.float64), tf.constant(a_p, tf.float64)
+    lam = lambda a: 0.5 * math.log(a / (1 - a))  # noqa: E731
+    h = lam(a_p) - lam(a_t)
+    h_prev = 0.7 * h
+    r = h_prev / h
+    D = (1 + 1 / (2 * r)) * x0.astype(np.float64) - 1 / (2 * r) * previous_x0
+    expected = math.sqrt((1 - a_p) / (1 - a_t)) * x - math.sqrt(a_p) * (math.exp(-h) - 1) * D
+    got, _ = samplers.dpmpp_2m_step(x, x0, previous_x0, at, ap, tf.constant(h_prev, tf.float64), False)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-5)
+    # Into the data (ᾱ_prev = 1) the step returns x̂_0 itself, finite.
+    final, _ = samplers.dpmpp_2m_step(x, x0, previous_x0, at, tf.constant(1.0, tf.float64),
+                                      tf.constant(h_prev, tf.float64), False)
+    np.testing.assert_array_equal(final.numpy(), x0)
+
+
+def test_half_log_snr_and_x0_eps_conversions():
+    assert samplers.half_log_snr(tf.constant(0.5, tf.float64)).numpy() == pytest.approx(0.0, abs=1e-15)
+    assert samplers.half_log_snr(tf.constant(0.8, tf.float64)).numpy() == pytest.approx(math.log(2.0), rel=1e-12)
+    rng = np.random.default_rng(4)
+    x0, eps = rng.normal(size=(32, 3)), rng.normal(size=(32, 3))
+    a = 0.37
+    x_t = math.sqrt(a) * x0 + math.sqrt(1 - a) * eps
+    a_tf = tf.constant(a, tf.float64)
+    np.testing.assert_allclose(samplers.predict_x0(tf.constant(x_t), tf.constant(eps), a_tf).numpy(), x0, atol=1e-12)
+    np.testing.assert_allclose(samplers.eps_from_x0(tf.constant(x_t), tf.constant(x0), a_tf).numpy(), eps, atol=1e-12)
