@@ -74,3 +74,126 @@ def save_samples(samples, path, *, reference=None, labels=None, title=None):
     if samples.ndim == 4:
         return save_image_grid(samples, path, labels=labels, title=title)
     return save_points(samples, path, reference=reference, title=title)
+
+
+def save_schedules(betas_by_name, path):
+    """β_t and 1 − ᾱ_t of several schedules side by side (the two-moons guide's figure 5)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5), dpi=100)
+    for name, betas in betas_by_name.items():
+        betas = np.asarray(betas, np.float64)
+        steps = np.arange(len(betas))
+        left.plot(steps, betas, marker="." if len(betas) <= 50 else None, label=name)
+        right.plot(steps, 1.0 - np.cumprod(1.0 - betas), marker="." if len(betas) <= 50 else None, label=name)
+    left.set(title="β_t", xlabel="t")
+    right.set(title="1 − ᾱ_t (variance of q(x_t | x_0))", xlabel="t")
+    left.legend()
+    return _save(fig, path)
+
+
+def naive_iterative_noising(image, betas, seed=0):
+    """x_t = x_{t−1} + √β_t ε: the JAX tutorial's flawed first attempt (it never forgets x_0)."""
+    rng = np.random.default_rng(seed)
+    x = np.asarray(image, np.float64)
+    frames = []
+    for beta in betas:
+        x = x + np.sqrt(beta) * rng.standard_normal(x.shape)
+        frames.append(x.copy())
+    return np.stack(frames)
+
+
+def save_forward_process(image, diffusion, timesteps, path, seed=0):
+    """One image at increasing t: the naive iterative noising above the closed form q(x_t | x_0)."""
+    image = np.asarray(image, np.float64)
+    naive = naive_iterative_noising(image, diffusion.betas, seed)
+    noise = np.random.default_rng(seed + 1).standard_normal(image.shape)
+    fig, axes = plt.subplots(2, len(timesteps), figsize=(1.4 * len(timesteps), 3.2), dpi=100)
+    for column, t in enumerate(timesteps):
+        closed = np.sqrt(diffusion.alphas_cumprod[t]) * image + np.sqrt(1 - diffusion.alphas_cumprod[t]) * noise
+        for row, frame in enumerate((naive[t], closed)):
+            axes[row, column].imshow(np.clip((frame[..., 0] + 1) / 2, 0, 1), cmap="gray", vmin=0, vmax=1)
+            axes[row, column].set_xticks([])
+            axes[row, column].set_yticks([])
+        axes[0, column].set_title(f"t={t}", fontsize=8)
+    axes[0, 0].set_ylabel("naive", fontsize=8)
+    axes[1, 0].set_ylabel("q(x_t|x_0)", fontsize=8)
+    return _save(fig, path)
+
+
+def save_trajectory_strip(trajectory, path, *, every, num_timesteps, rows=3):
+    """x_t before every `every`-th step and x_0 for `rows` images ([frames, N, H, W, C], model space)."""
+    trajectory = np.asarray(trajectory)
+    frames = trajectory.shape[0]
+    fig, axes = plt.subplots(rows, frames, figsize=(0.9 * frames, 0.95 * rows), dpi=100, squeeze=False)
+    for row in range(rows):
+        for column in range(frames):
+            ax = axes[row, column]
+            ax.imshow(np.clip((trajectory[column, row, ..., 0] + 1) / 2, 0, 1), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                t = num_timesteps - 1 - column * every if column < frames - 1 else 0
+                ax.set_title("x_0" if column == frames - 1 else f"t={max(t, 0)}", fontsize=7)
+    return _save(fig, path)
+
+
+def save_point_trajectories(trajectory, path, *, reference=None, num_paths=30):
+    """2-D samples at every saved step, with the paths of a few of them."""
+    trajectory = np.asarray(trajectory)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
+    if reference is not None:
+        ax.scatter(*np.asarray(reference)[:, :2].T, s=2, alpha=0.3, color="gray", label="data")
+    ax.scatter(*trajectory[-1, :, :2].T, s=2, alpha=0.6, label="samples")
+    for i in range(min(num_paths, trajectory.shape[1])):
+        ax.plot(trajectory[:, i, 0], trajectory[:, i, 1], lw=0.7, alpha=0.8)
+    ax.set_aspect("equal")
+    ax.legend(markerscale=4)
+    ax.set_title("reverse trajectories")
+    return _save(fig, path)
+
+
+def save_vector_field(eps_fn, timesteps, path, *, path_points=None, extent=1.6, grid=21, reference=None):
+    """The reverse-process direction −ε_θ(x, t) on a grid at several t (the two-moons guide's figure 4).
+
+    Args:
+      eps_fn: callable (x [M, 2], t [M]) → ε̂ [M, 2] as NumPy.
+      timesteps: the t of each panel.
+      path_points: optional [frames, 2] trajectory of one sample, drawn in every panel.
+    """
+    axis = np.linspace(-extent, extent, grid)
+    xx, yy = np.meshgrid(axis, axis)
+    points = np.stack([xx.ravel(), yy.ravel()], axis=1).astype(np.float32)
+    fig, axes = plt.subplots(1, len(timesteps), figsize=(3.2 * len(timesteps), 3.2), dpi=100, squeeze=False)
+    for ax, t in zip(axes[0], timesteps):
+        direction = -np.asarray(eps_fn(points, np.full(len(points), t, np.int32)))
+        # Unit arrows show the direction; ε̂'s length (≈ 1 everywhere) would only shrink them.
+        direction = direction / np.maximum(np.linalg.norm(direction, axis=1, keepdims=True), 1e-8)
+        if reference is not None:
+            ax.scatter(*np.asarray(reference)[:, :2].T, s=1, alpha=0.2, color="gray")
+        ax.quiver(points[:, 0], points[:, 1], direction[:, 0], direction[:, 1], angles="xy", scale=1.6 * grid,
+                  width=0.004, color="tab:red", alpha=0.8)
+        if path_points is not None:
+            ax.plot(*np.asarray(path_points)[:, :2].T, color="tab:blue", lw=1.5, marker=".")
+        ax.set(title=f"−ε_θ(x, t={t})", xlim=(-extent, extent), ylim=(-extent, extent), aspect="equal")
+    return _save(fig, path)
+
+
+def read_loss_csv(path):
+    """(epochs, losses) from a Keras CSVLogger file; a resumed run's repeated epochs keep the last."""
+    import csv
+
+    by_epoch = {}
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            by_epoch[int(row["epoch"])] = float(row["loss"])
+    epochs = sorted(by_epoch)
+    return np.array(epochs), np.array([by_epoch[e] for e in epochs])
+
+
+def save_loss_curve(curves, path, *, xlabel="step"):
+    """Loss curves: {label: (x, loss)}."""
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    for label, (x, loss) in curves.items():
+        ax.plot(x, loss, marker="." if len(x) < 50 else None, label=label)
+    ax.set(xlabel=xlabel, ylabel="loss", yscale="log", title="training loss")
+    ax.legend()
+    return _save(fig, path)

@@ -1,0 +1,96 @@
+"""The figures of a trained workdir (what `tools/plot.py` draws)."""
+
+import json
+import os
+
+import keras
+import numpy as np
+
+from tfdiffusion import data as data_lib
+from tfdiffusion import plots, schedules
+
+FIGURES = ("schedules", "forward", "trajectory", "vector_field", "loss", "samples")
+
+
+def load_workdir(workdir):
+    """(model, config dict) of a workdir written by `training.train`."""
+    model_path = os.path.join(workdir, "model.keras")
+    if not os.path.exists(model_path):
+        raise FileNotFoundError(f"No trained model in the workdir. Received: workdir={workdir!r} (missing {model_path})")
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = json.load(f)
+    return keras.saving.load_model(model_path), config
+
+
+def schedules_figure(path, num_timesteps=10):
+    """Linear vs polynomial β from 0.01 to 0.9 (the two-moons guide's comparison), and cosine."""
+    # "linear" rescales its endpoints by 1000/T: these give β from 0.01 to 0.9 at T=10.
+    scale = num_timesteps / 1000.0
+    return plots.save_schedules(
+        {
+            "linear": schedules.make_betas("linear", num_timesteps, beta_start=0.01 * scale, beta_end=0.9 * scale),
+            "polynomial": schedules.make_betas("polynomial", num_timesteps),
+            "cosine": schedules.make_betas("cosine", num_timesteps),
+        },
+        path,
+    )
+
+
+def write_figures(workdir, output_dir, figures=FIGURES, seed=0):
+    """Draws the requested figures for the model in `workdir`; returns {name: path}."""
+    unknown = [f for f in figures if f not in FIGURES]
+    if unknown:
+        raise ValueError(f"Unknown figure. Expected names from {FIGURES}. Received: figures={unknown}")
+    model, config = load_workdir(workdir)
+    name = config.get("name", "model")
+    data_config = config["data"]
+    toy = data_config["name"] in data_lib.TOY_DATASET_NAMES
+    written = {}
+    os.makedirs(output_dir, exist_ok=True)
+
+    def out(figure):
+        return os.path.join(output_dir, f"{name}_{figure}.png")
+
+    if "schedules" in figures:
+        written["schedules"] = schedules_figure(out("schedules"))
+    reference = None
+    if toy:
+        reference = data_lib.toy_dataset(data_config["name"], 2000, seed=seed + 1)
+    if "forward" in figures and not toy:
+        idx_dir = data_lib.default_mnist_dir() if data_config["name"] == "mnist" else None
+        images, _ = data_lib.load_arrays(data_config["name"], "test", idx_dir=idx_dir)
+        written["forward"] = plots.save_forward_process(
+            images[0], model.diffusion, _spread(model.diffusion.num_timesteps, 8), out("forward"), seed=seed)
+    if "trajectory" in figures:
+        T = model.diffusion.num_timesteps
+        every = max(1, T // 10)
+        if toy:
+            _, trajectory = model.generate(500, seed=seed, trajectory_every=1)
+            if trajectory.shape[-1] >= 2:
+                written["trajectory"] = plots.save_point_trajectories(trajectory, out("trajectory"), reference=reference)
+        else:
+            _, trajectory = model.generate(3, seed=seed, trajectory_every=every)
+            written["trajectory"] = plots.save_trajectory_strip(trajectory, out("trajectory"), every=every,
+                                                                num_timesteps=T)
+    if "vector_field" in figures and toy and reference.shape[-1] == 2:
+        _, trajectory = model.generate(1, seed=seed, trajectory_every=1)
+        T = model.diffusion.num_timesteps
+        written["vector_field"] = plots.save_vector_field(
+            lambda x, t: model.predict_eps(x, t).numpy(), [T - 1, T // 2, 0], out("vector_field"),
+            path_points=trajectory[:, 0], reference=reference)
+    loss_path = os.path.join(workdir, "loss.csv")
+    if "loss" in figures and os.path.exists(loss_path):
+        epochs, losses = plots.read_loss_csv(loss_path)
+        steps = (epochs + 1) * config["train"]["checkpoint_every"]
+        written["loss"] = plots.save_loss_curve({name: (steps, losses)}, out("loss"))
+    if "samples" in figures:
+        labels = None if model.num_classes is None else np.arange(16) % model.num_classes
+        samples = model.generate(2000 if toy else 16, seed=seed, labels=labels,
+                                 guidance_scale=None if labels is None else config["sample"]["guidance_scale"])
+        written["samples"] = plots.save_samples(samples, out("samples"), reference=reference, labels=labels,
+                                                title=f"{name}: DDPM, {model.diffusion.num_timesteps} steps")
+    return written
+
+
+def _spread(num_timesteps, count):
+    return sorted({int(round(v)) for v in np.linspace(0, num_timesteps - 1, count)})
