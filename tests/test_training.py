@@ -213,3 +213,43 @@ def test_sigkill_five_times_then_resume_equals_an_uninterrupted_run(tmp_path):
     ema_b = keras.saving.load_model(interrupted / "model.keras").get_weights()
     for x, y in zip(ema_a, ema_b):
         np.testing.assert_array_equal(x, y)
+
+
+def _fuzz_values():
+    from hypothesis import strategies as st
+
+    return st.one_of(
+        st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
+        st.text(max_size=12), st.none(), st.lists(st.integers(-3, 300), max_size=4),
+    )
+
+
+def test_random_config_values_are_accepted_or_named():
+    """200+ random (key, value) overrides: each validates or raises an error naming the key and value."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    base = load_config("mnist")
+    keys = [f"{section}.{key}" for section in ("data", "optimizer", "train", "sample", "diffusion")
+            for key in base[section].keys()] + ["network", "seed"]
+
+    @settings(max_examples=250, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(key=st.sampled_from(keys), value=_fuzz_values())
+    def check(key, value):
+        config = load_config("mnist")
+        *section, name = key.split(".")
+        target = config[section[0]] if section else config
+        try:
+            with target.ignore_type():
+                target[name] = value
+        except Exception as error:  # a value the ConfigDict itself refuses, e.g. None for a locked type
+            assert name in str(error) or type(error).__name__ in ("TypeError", "ValueError", "KeyError")
+            return
+        try:
+            training.validate_config(config)
+            training.build_diffusion(config.diffusion)
+        except (training.ConfigError, ValueError, TypeError) as error:
+            message = str(error)
+            assert name in message and ("Received" in message or "got" in message), message
+
+    check()

@@ -40,7 +40,12 @@ class ConfigError(ValueError):
 
 # -- config ----------------------------------------------------------------------------------
 def _require(condition, key, value, expectation):
-    if not condition:
+    """Raises ConfigError unless `condition()` holds (a TypeError counts as not holding)."""
+    try:
+        holds = bool(condition())
+    except (TypeError, ValueError):
+        holds = False
+    if not holds:
         raise ConfigError(f"config.{key} must be {expectation}. Received: config.{key}={value!r}")
 
 
@@ -48,37 +53,72 @@ def _is_int(value):
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
+def _is_number(value):
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _check_int(config, key, minimum):
+    value = config[key.split(".")[0]][key.split(".")[1]] if "." in key else config[key]
+    _require(lambda: _is_int(value) and value >= minimum, key, value, f"an integer >= {minimum}")
+    return value
+
+
 def validate_config(config):
     """Checks the values a user can type; raises ConfigError naming the first bad one."""
-    _require(config.network in NETWORKS, "network", config.network, f"one of {tuple(NETWORKS)}")
-    _require(config.diffusion.name in schedules.SCHEDULE_NAMES, "diffusion.name", config.diffusion.name,
+    _require(lambda: config.network in NETWORKS, "network", config.network, f"one of {tuple(NETWORKS)}")
+    _check_int(config, "seed", 0)
+    _require(lambda: config.diffusion.name in schedules.SCHEDULE_NAMES, "diffusion.name", config.diffusion.name,
              f"one of {schedules.SCHEDULE_NAMES}")
-    _require(_is_int(config.diffusion.num_timesteps) and config.diffusion.num_timesteps >= 1,
-             "diffusion.num_timesteps", config.diffusion.num_timesteps, "an integer >= 1")
+    _check_int(config, "diffusion.num_timesteps", 1)
     names = data_lib.IMAGE_DATASET_NAMES + data_lib.TOY_DATASET_NAMES + ("digits",)
-    _require(config.data.name in names, "data.name", config.data.name, f"one of {names}")
-    _require(_is_int(config.data.batch_size) and config.data.batch_size >= 1, "data.batch_size",
-             config.data.batch_size, "an integer >= 1")
-    _require(config.optimizer.learning_rate > 0 and np.isfinite(config.optimizer.learning_rate),
-             "optimizer.learning_rate", config.optimizer.learning_rate, "a finite number > 0")
-    _require(0.0 <= config.optimizer.ema_momentum < 1.0, "optimizer.ema_momentum", config.optimizer.ema_momentum,
-             "in [0, 1)")
+    _require(lambda: config.data.name in names, "data.name", config.data.name, f"one of {names}")
+    _require(lambda: config.data.split in ("train", "test"), "data.split", config.data.split, "'train' or 'test'")
+    _require(lambda: config.data.source in ("auto", "idx", "tfds"), "data.source", config.data.source,
+             "'auto', 'idx' or 'tfds'")
+    for key in ("idx_dir", "data_dir"):
+        _require(lambda: isinstance(config.data[key], str), f"data.{key}", config.data[key], "a path string ('' for none)")
+    _check_int(config, "data.num_samples", 0)
+    _check_int(config, "data.batch_size", 1)
+    optimizer = config.optimizer
+    _require(lambda: _is_number(optimizer.learning_rate) and optimizer.learning_rate > 0, "optimizer.learning_rate",
+             optimizer.learning_rate, "a finite number > 0")
+    _require(lambda: optimizer.schedule in ("constant", "cosine"), "optimizer.schedule", optimizer.schedule,
+             "'constant' or 'cosine'")
+    _check_int(config, "optimizer.warmup_steps", 0)
+    _require(lambda: optimizer.clipnorm is None or (_is_number(optimizer.clipnorm) and optimizer.clipnorm > 0),
+             "optimizer.clipnorm", optimizer.clipnorm, "None or a finite number > 0")
+    _require(lambda: isinstance(optimizer.use_ema, bool), "optimizer.use_ema", optimizer.use_ema, "True or False")
+    _require(lambda: _is_number(optimizer.ema_momentum) and 0.0 <= optimizer.ema_momentum < 1.0,
+             "optimizer.ema_momentum", optimizer.ema_momentum, "in [0, 1)")
     train = config.train
-    _require(_is_int(train.steps) and train.steps >= 1, "train.steps", train.steps, "an integer >= 1")
-    _require(_is_int(train.checkpoint_every) and train.checkpoint_every >= 1, "train.checkpoint_every",
-             train.checkpoint_every, "an integer >= 1")
-    _require(train.steps % train.checkpoint_every == 0, "train.checkpoint_every", train.checkpoint_every,
-             f"a divisor of config.train.steps={train.steps}")
-    _require(_is_int(train.steps_per_execution) and train.steps_per_execution >= 1
-             and train.checkpoint_every % train.steps_per_execution == 0, "train.steps_per_execution",
-             train.steps_per_execution, "an integer >= 1 dividing config.train.checkpoint_every")
-    _require(train.jit_compile in JIT_SETTINGS, "train.jit_compile", train.jit_compile, "'auto', True or False")
-    _require(_is_int(train.cpu_devices) and train.cpu_devices >= 0, "train.cpu_devices", train.cpu_devices,
-             "an integer >= 0")
-    _require(train.strategy in STRATEGIES, "train.strategy", train.strategy, f"one of {STRATEGIES}")
-    _require(train.mixed_precision in PRECISIONS, "train.mixed_precision", train.mixed_precision, f"one of {PRECISIONS}")
-    _require(_is_int(config.sample.num_samples) and config.sample.num_samples >= 1, "sample.num_samples",
-             config.sample.num_samples, "an integer >= 1")
+    steps = _check_int(config, "train.steps", 1)
+    _require(lambda: optimizer.warmup_steps < steps, "optimizer.warmup_steps", optimizer.warmup_steps,
+             f"smaller than config.train.steps={steps}")
+    every = _check_int(config, "train.checkpoint_every", 1)
+    _require(lambda: steps % every == 0, "train.checkpoint_every", every, f"a divisor of config.train.steps={steps}")
+    _check_int(config, "train.log_every", 1)
+    _check_int(config, "train.keep_checkpoints", 1)
+    per_execution = _check_int(config, "train.steps_per_execution", 1)
+    _require(lambda: every % per_execution == 0, "train.steps_per_execution", per_execution,
+             "a divisor of config.train.checkpoint_every")
+    _require(lambda: any(train.jit_compile is v or train.jit_compile == v for v in JIT_SETTINGS) and
+             isinstance(train.jit_compile, (bool, str)), "train.jit_compile", train.jit_compile, "'auto', True or False")
+    _check_int(config, "train.cpu_devices", 0)
+    _require(lambda: train.strategy in STRATEGIES, "train.strategy", train.strategy, f"one of {STRATEGIES}")
+    _require(lambda: train.mixed_precision in PRECISIONS, "train.mixed_precision", train.mixed_precision,
+             f"one of {PRECISIONS}")
+    for key in ("deterministic", "allow_config_change", "verbose"):
+        _require(lambda: isinstance(train[key], bool), f"train.{key}", train[key], "True or False")
+    sample = config.sample
+    _check_int(config, "sample.num_samples", 1)
+    _check_int(config, "sample.num_steps", 0)
+    _check_int(config, "sample.seed", 0)
+    _require(lambda: sample.num_steps <= config.diffusion.num_timesteps, "sample.num_steps", sample.num_steps,
+             f"at most config.diffusion.num_timesteps={config.diffusion.num_timesteps} (0 for all)")
+    _require(lambda: sample.sampler in ("ddpm", "ddim", "dpmpp_2m"), "sample.sampler", sample.sampler,
+             "'ddpm', 'ddim' or 'dpmpp_2m'")
+    _require(lambda: _is_number(sample.guidance_scale) and sample.guidance_scale >= 0, "sample.guidance_scale",
+             sample.guidance_scale, "a finite number >= 0")
 
 
 def config_to_dict(config):
