@@ -104,7 +104,9 @@ class DiffusionModel(keras.Model):
         self.data_shape = None
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.nonfinite_tracker = keras.metrics.Sum(name="nonfinite_steps")
-        self._sample_functions = {}
+        # Compiled samplers, cached per request kind; kept out of Keras/TF tracking so that
+        # the model still saves and exports after `generate` has run.
+        object.__setattr__(self, "_sample_functions", {})
 
     # -- Keras plumbing --------------------------------------------------------------------
     def build(self, x_t_shape, t_shape=None, labels_shape=None):
@@ -301,7 +303,7 @@ class DiffusionModel(keras.Model):
                     return self.to_data_space(out)
                 return self.to_data_space(out[0]), out[1]
 
-            self._sample_functions[key] = tf.function(run, reduce_retracing=True)
+            self._sample_functions[key] = tf.function(run, reduce_retracing=True, autograph=False)
         out = self._sample_functions[key](
             tf.constant(num_samples, tf.int32), tf.constant(seed, tf.int64), tf.constant(num_steps, tf.int32),
             tf.constant(eta, tf.float32), None if labels is None else tf.constant(labels),
