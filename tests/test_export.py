@@ -554,3 +554,47 @@ def test_tool_errors_name_the_value(tmp_path):
     result = _tool(f"--workdir={empty}", f"--export_base={tmp_path / 'serving'}", "--version=0")
     assert result.returncode == 1 and "--version=0" in result.stderr
     assert not (tmp_path / "serving").exists()
+
+
+def test_random_requests_succeed_or_name_the_argument(loaded_cond, models):
+    """≥ 200 random requests at the exported `sample` signature: each returns samples of the
+    requested shape in [0, 1], or an InvalidArgumentError naming the argument it rejects."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    sample = loaded_cond.signatures["sample"]
+    timesteps = models["cond"].diffusion.num_timesteps
+    arguments = ("seed", "num_samples", "num_steps", "sampler", "eta", "guidance_scale", "labels")
+    outcomes = {"ok": 0, "rejected": 0}
+
+    def mostly(valid, invalid):
+        return st.one_of(valid, valid, valid, valid, invalid)  # four in five draws are valid
+
+    @settings(max_examples=220, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(
+        seed=st.integers(-2**63, 2**63 - 1),
+        num_samples=mostly(st.integers(1, 4), st.integers(-3, 0) | st.integers(9, 12)),
+        num_steps=mostly(st.integers(1, timesteps), st.integers(-2, 0) | st.integers(timesteps + 1, timesteps + 3)),
+        sampler=mostly(st.sampled_from(["ddpm", "ddim", "dpmpp_2m"]), st.sampled_from(["", "DDIM", "euler", "ddpm "])),
+        eta=mostly(st.floats(0, 1), st.floats(-0.5, -0.01) | st.sampled_from([1.5, float("nan"), float("inf")])),
+        guidance_scale=mostly(st.floats(0, 8), st.sampled_from([float("nan"), float("-inf"), float("inf")])),
+        label_draw=st.data(),
+    )
+    def request(seed, num_samples, num_steps, sampler, eta, guidance_scale, label_draw):
+        size = mostly(st.just(max(num_samples, 0)), st.integers(0, 5))
+        labels = label_draw.draw(size.flatmap(lambda n: st.lists(
+            mostly(st.integers(0, NUM_CLASSES), st.integers(-2, -1) | st.just(NUM_CLASSES + 1)), min_size=n, max_size=n)))
+        inputs = dict(seed=seed, num_samples=num_samples, num_steps=num_steps, sampler=sampler, eta=eta,
+                      guidance_scale=guidance_scale, labels=labels)
+        try:
+            samples = _call(sample, {"inputs": inputs})["samples"].numpy()
+        except tf.errors.InvalidArgumentError as error:
+            assert any(f"{name}=" in error.message for name in arguments), error.message[:300]
+            outcomes["rejected"] += 1
+            return
+        assert samples.shape[0] == num_samples == len(labels) and 1 <= num_steps <= timesteps
+        assert np.all((samples >= 0) & (samples <= 1))
+        outcomes["ok"] += 1
+
+    request()
+    assert outcomes["ok"] >= 5 and outcomes["rejected"] >= 100 and sum(outcomes.values()) >= 200, outcomes
