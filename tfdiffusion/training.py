@@ -21,6 +21,7 @@ from tfdiffusion import data as data_lib
 from tfdiffusion import layers, plots, schedules
 from tfdiffusion.diffusion import GaussianDiffusion
 from tfdiffusion.model import DiffusionModel
+from tfdiffusion.optimizers import AdamEMAWarmup
 
 NETWORKS = {"SeedUNet": layers.SeedUNet, "MLPDenoiser": layers.MLPDenoiser, "UNet": layers.UNet, "DiT": layers.DiT}
 JIT_SETTINGS = ("auto", True, False)
@@ -285,7 +286,7 @@ def build_optimizer(optimizer_config, total_steps):
     elif optimizer_config.schedule != "constant":
         raise ConfigError(f"config.optimizer.schedule must be 'constant' or 'cosine'. Received: "
                           f"config.optimizer.schedule={optimizer_config.schedule!r}")
-    return keras.optimizers.Adam(
+    return AdamEMAWarmup(
         learning_rate,
         clipnorm=optimizer_config.clipnorm,
         use_ema=optimizer_config.use_ema,
@@ -516,3 +517,29 @@ def base_config():
             "sample": {"num_samples": 16, "sampler": "ddpm", "num_steps": 0, "seed": 0, "guidance_scale": 0.0},
         }
     )
+
+
+def model_from_checkpoint(workdir, step=None, use_ema=True):
+    """The model of `workdir` as it was at checkpoint `step` (default: the newest).
+
+    With `use_ema` the optimizer's EMA weights replace the raw ones, as at the end of `fit`.
+    """
+    import ml_collections
+
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    x, _ = load_training_data(config.data, config.seed)
+    model = build_model(config)
+    model(tf.zeros((1,) + x.shape[1:]), tf.zeros((1,), tf.int32))
+    model.compile(optimizer=build_optimizer(config.optimizer, config.train.steps))
+    model.optimizer.build(model.trainable_variables)
+    manager = CheckpointManager(os.path.join(workdir, "checkpoints"), model)
+    available = manager.steps()
+    step = available[-1] if step is None and available else step
+    if step not in available:
+        raise FileNotFoundError(f"No checkpoint for that step in {manager.directory} (have {available}). "
+                                f"Received: step={step!r}")
+    model.load_weights(manager.path(step))
+    if use_ema and model.optimizer.use_ema:
+        model.optimizer.finalize_variable_values(model.trainable_variables)
+    return model

@@ -35,6 +35,8 @@ IMAGE_DATASETS = ("mnist", "fashion_mnist")
 TOY_DATASETS = ("moons", "gmm1d")
 
 _MODEL = flags.DEFINE_string("model", None, "A training workdir (holding model.keras) or a model.keras path.")
+_CHECKPOINT_STEP = flags.DEFINE_integer(
+    "checkpoint_step", None, "With a workdir --model: evaluate checkpoint ckpt-<step> (EMA weights) instead of model.keras.")
 _SAVED_MODEL = flags.DEFINE_string("saved_model", None, "An exported SavedModel directory (instead of --model).")
 _CLASSIFIER = flags.DEFINE_string("classifier", None, "classifier.keras from tools/train_classifier.py (images).")
 _DATASET = flags.DEFINE_string("dataset", "auto", "auto (from the workdir's config.json, else from the sample "
@@ -64,6 +66,8 @@ class EvaluationError(ValueError):
 # -- the model ---------------------------------------------------------------------------------
 def resolve_model_path(value):
     """(model.keras path, workdir or None) of a --model value."""
+    if os.path.isdir(value) and _CHECKPOINT_STEP.value is not None:
+        return value, value
     if os.path.isdir(value):
         path = os.path.join(value, "model.keras")
         if not os.path.isfile(path):
@@ -92,7 +96,12 @@ class KerasSampler:
         from tfdiffusion import samplers
 
         try:
-            self.model = keras.saving.load_model(path)
+            if _CHECKPOINT_STEP.value is not None:
+                from tfdiffusion import training
+
+                self.model = training.model_from_checkpoint(path, _CHECKPOINT_STEP.value)
+            else:
+                self.model = keras.saving.load_model(path)
         except Exception as error:  # a damaged or foreign file
             raise EvaluationError(f"Could not load --model: {error}. Received: --model={path!r}") from error
         if not isinstance(self.model, tfdiffusion.DiffusionModel):
