@@ -5,7 +5,7 @@
     model = tfd.DiffusionModel(network=tfd.layers.SeedUNet(), diffusion=diffusion)
 """
 
-from tfdiffusion import data, layers, samplers, schedules
+from tfdiffusion import data, layers, optimizers, samplers, schedules
 from tfdiffusion.diffusion import GaussianDiffusion
 from tfdiffusion.model import DiffusionModel
 from tfdiffusion.samplers import sample
