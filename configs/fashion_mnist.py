@@ -16,10 +16,11 @@ trousers, shoes, bags — with coarse texture. `--config=configs/fashion_mnist.p
 run of a 2-level UNet with base width 8 (for tests, e.g. under `tfds.testing.mock_data`).
 """
 
-from tfdiffusion.training import base_config
+from tfdiffusion.training import base_config, check_variant
 
 
 def get_config(variant=None):
+    check_variant(variant)
     config = base_config()
     config.name = "fashion_mnist"
     config.network = "UNet"
@@ -39,6 +40,4 @@ def get_config(variant=None):
         config.optimizer.update({"warmup_steps": 0, "ema_momentum": 0.9})
         config.train.update({"steps": 4, "checkpoint_every": 2, "log_every": 1})
         config.sample.update({"num_samples": 4, "num_steps": 5})
-    elif variant:
-        raise ValueError(f"Unknown variant. Expected 'tiny' or none. Received: variant={variant!r}")
     return config

@@ -7,10 +7,11 @@ Expected: loss ≈ 0.5 after 3000 steps; `samples.png` overlays the histogram of
 the data histogram: three modes at −2, 0.5 and 2. `:tiny` runs 200 steps (for tests).
 """
 
-from tfdiffusion.training import base_config
+from tfdiffusion.training import base_config, check_variant
 
 
 def get_config(variant=None):
+    check_variant(variant)
     config = base_config()
     config.name = "gmm1d"
     config.network = "MLPDenoiser"
@@ -23,6 +24,4 @@ def get_config(variant=None):
     config.sample.num_samples = 2000
     if variant == "tiny":
         config.train.update({"steps": 200, "checkpoint_every": 100})
-    elif variant:
-        raise ValueError(f"Unknown variant. Expected 'tiny' or none. Received: variant={variant!r}")
     return config

@@ -11,10 +11,11 @@ for sampling. `--config=configs/mnist.py:tiny` is a 4-step run of a 3-level tiny
 images (for tests).
 """
 
-from tfdiffusion.training import base_config
+from tfdiffusion.training import base_config, check_variant
 
 
 def get_config(variant=None):
+    check_variant(variant)
     config = base_config()
     config.name = "mnist"
     config.network = "SeedUNet"
@@ -31,6 +32,4 @@ def get_config(variant=None):
         config.data.batch_size = 8
         config.train.update({"steps": 4, "checkpoint_every": 2, "log_every": 1})
         config.sample.update({"num_samples": 4, "sampler": "ddim", "num_steps": 5})
-    elif variant:
-        raise ValueError(f"Unknown variant. Expected 'tiny' or none. Received: variant={variant!r}")
     return config

@@ -21,10 +21,11 @@ class. `--config=configs/mnist_cfg.py:tiny` is a 4-step run of a 2-level UNet of
 tests).
 """
 
-from tfdiffusion.training import base_config
+from tfdiffusion.training import base_config, check_variant
 
 
 def get_config(variant=None):
+    check_variant(variant)
     config = base_config()
     config.name = "mnist_cfg"
     config.network = "UNet"
@@ -44,6 +45,4 @@ def get_config(variant=None):
         config.optimizer.ema_momentum = 0.9
         config.train.update({"steps": 4, "checkpoint_every": 2, "log_every": 1})
         config.sample.update({"num_samples": 4, "num_steps": 5})
-    elif variant:
-        raise ValueError(f"Unknown variant. Expected 'tiny' or none. Received: variant={variant!r}")
     return config

@@ -19,10 +19,11 @@ along the 4-pixel patch grid are typical of an undertrained DiT.
 patches (for tests).
 """
 
-from tfdiffusion.training import base_config
+from tfdiffusion.training import base_config, check_variant
 
 
 def get_config(variant=None):
+    check_variant(variant)
     config = base_config()
     config.name = "mnist_dit"
     config.network = "DiT"
@@ -41,6 +42,4 @@ def get_config(variant=None):
         config.optimizer.update({"warmup_steps": 0, "ema_momentum": 0.9})
         config.train.update({"steps": 4, "checkpoint_every": 2, "log_every": 1})
         config.sample.update({"num_samples": 4, "num_steps": 5})
-    elif variant:
-        raise ValueError(f"Unknown variant. Expected 'tiny' or none. Received: variant={variant!r}")
     return config

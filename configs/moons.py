@@ -8,10 +8,11 @@ Expected: loss ≈ 0.30 after 4000 steps; `samples.png` shows 2000 DDPM samples 
 `--config=configs/moons.py:tiny` runs 200 steps in a few seconds (for tests).
 """
 
-from tfdiffusion.training import base_config
+from tfdiffusion.training import base_config, check_variant
 
 
 def get_config(variant=None):
+    check_variant(variant)
     config = base_config()
     config.name = "moons"
     config.network = "MLPDenoiser"
@@ -24,6 +25,4 @@ def get_config(variant=None):
     config.sample.num_samples = 2000
     if variant == "tiny":
         config.train.update({"steps": 200, "checkpoint_every": 100})
-    elif variant:
-        raise ValueError(f"Unknown variant. Expected 'tiny' or none. Received: variant={variant!r}")
     return config

@@ -1,8 +1,12 @@
-"""Shared pytest setup: quiet TensorFlow logs and the `slow` marker."""
+"""Shared pytest setup: quiet TensorFlow logs, the `slow` marker, and subprocesses that import
+this checkout's tfdiffusion (not whichever copy is installed)."""
 
 import os
+import pathlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+os.environ["PYTHONPATH"] = os.pathsep.join([_ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 
 
 def pytest_configure(config):

@@ -7,10 +7,10 @@ import keras
 import numpy as np
 import pytest
 
-from tfdiffusion import DiffusionModel, GaussianDiffusion
 from tfdiffusion.layers import DiT, DiTBlock
 from tfdiffusion.layers.dit import sincos_position_embedding_2d
-from tfdiffusion.schedules import make_betas
+
+from network_checks import fit_once, randomize, to_numpy
 
 TINY = dict(hidden_size=16, depth=2, num_heads=2, mlp_ratio=2.0)
 
@@ -19,16 +19,8 @@ def _images(shape, seed=0):
     return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
 
 
-def _randomize(net, seed=0):
-    """Replaces the zero-initialised (adaLN-Zero) weights so that outputs depend on every input."""
-    rng = np.random.default_rng(seed)
-    for weight in net.weights:
-        weight.assign(rng.normal(0.0, 0.2, weight.shape).astype(np.float32))
-    return net
 
 
-def _numpy(x):
-    return keras.ops.convert_to_numpy(x)
 
 
 # -- pieces --------------------------------------------------------------------------------------------
@@ -47,11 +39,11 @@ def test_sincos_table_matches_formula():
 def test_dit_block_is_identity_at_init_and_param_count():
     block = DiTBlock(16, num_heads=4, mlp_ratio=2.0)
     x, c = _images((2, 5, 16)), _images((2, 16), seed=1)
-    np.testing.assert_allclose(_numpy(block(x, c)), x, atol=1e-6)  # every gate starts at 0
+    np.testing.assert_allclose(to_numpy(block(x, c)), x, atol=1e-6)  # every gate starts at 0
     # attention: 4 projections 16×16 + bias; MLP 16→32→16; modulation 16→96; LayerNorms have no weights.
     assert block.count_params() == 4 * (16 * 16 + 16) + (16 * 32 + 32) + (32 * 16 + 16) + (16 * 96 + 96)
-    _randomize(block)
-    assert not np.allclose(_numpy(block(x, c)), _numpy(block(x, c + 1.0)))  # the condition modulates
+    randomize(block)
+    assert not np.allclose(to_numpy(block(x, c)), to_numpy(block(x, c + 1.0)))  # the condition modulates
 
 
 @pytest.mark.parametrize(
@@ -75,7 +67,7 @@ def test_rejects_bad_arguments(make, pattern):
 
 def test_learned_position_embedding_allows_any_even_width():
     net = DiT(patch_size=7, hidden_size=18, depth=1, num_heads=2, position_embedding="learned")
-    assert _numpy(net(_images((1, 28, 28, 1)), np.array([0], np.int32))).shape == (1, 28, 28, 1)
+    assert to_numpy(net(_images((1, 28, 28, 1)), np.array([0], np.int32))).shape == (1, 28, 28, 1)
 
 
 # -- DiT -------------------------------------------------------------------------------------------------
@@ -87,7 +79,7 @@ def test_learned_position_embedding_allows_any_even_width():
 def test_dit_output_shape_and_param_count(shape, patch_size, position_embedding):
     channels = shape[-1]
     net = DiT(patch_size=patch_size, **TINY, output_channels=channels, position_embedding=position_embedding)
-    out = _numpy(net(_images(shape), np.array([0, 19], np.int32)))
+    out = to_numpy(net(_images(shape), np.array([0, 19], np.int32)))
     assert out.shape == shape
     np.testing.assert_array_equal(out, 0.0)  # the final linear layer is zero-initialised
     d, p, tokens = 16, patch_size, (shape[1] // patch_size) * (shape[2] // patch_size)
@@ -113,7 +105,7 @@ def test_unpatchify_puts_each_patch_back_in_place():
     net.final_linear.kernel.assign(np.random.default_rng(1).normal(size=net.final_linear.kernel.shape))
     changed = x.copy()
     changed[0, 9, 22, 0] += 3.0  # patch (2, 5): rows 8..11, columns 20..23
-    difference = np.abs(_numpy(net(changed, t)) - _numpy(net(x, t)))[0, :, :, 0]
+    difference = np.abs(to_numpy(net(changed, t)) - to_numpy(net(x, t)))[0, :, :, 0]
     mask = np.zeros((28, 28), bool)
     mask[8:12, 20:24] = True
     assert difference[mask].min() > 0
@@ -124,10 +116,10 @@ def test_attention_mixes_tokens_once_randomized():
     net = DiT(patch_size=7, **TINY)
     x, t = _images((1, 28, 28, 1)), np.array([7], np.int32)
     net(x, t)
-    _randomize(net)
+    randomize(net)
     changed = x.copy()
     changed[0, 0, 0, 0] += 3.0
-    difference = np.abs(_numpy(net(changed, t)) - _numpy(net(x, t)))
+    difference = np.abs(to_numpy(net(changed, t)) - to_numpy(net(x, t)))
     assert difference[0, 21:, 21:].max() > 1e-4  # the far corner patch sees the change
 
 
@@ -135,8 +127,8 @@ def test_output_depends_on_time():
     net = DiT(patch_size=4, **TINY)
     x = _images((1, 28, 28, 1))
     net(x, np.array([0], np.int32))
-    _randomize(net)
-    assert not np.allclose(_numpy(net(x, np.array([0], np.int32))), _numpy(net(x, np.array([15], np.int32))))
+    randomize(net)
+    assert not np.allclose(to_numpy(net(x, np.array([0], np.int32))), to_numpy(net(x, np.array([15], np.int32))))
 
 
 def test_class_conditional_dit_depends_on_label_and_accepts_null():
@@ -144,12 +136,12 @@ def test_class_conditional_dit_depends_on_label_and_accepts_null():
     x = np.repeat(_images((1, 28, 28, 1)), 3, axis=0)
     t = np.array([5, 5, 5], np.int32)
     net(x, t, np.array([0, 1, 10], np.int32))
-    _randomize(net)
-    out = _numpy(net(x, t, np.array([0, 1, 10], np.int32)))  # 10 = the null label
+    randomize(net)
+    out = to_numpy(net(x, t, np.array([0, 1, 10], np.int32)))  # 10 = the null label
     assert out.shape == (3, 28, 28, 1) and np.all(np.isfinite(out))
     assert not np.allclose(out[0], out[1])
     assert not np.allclose(out[0], out[2])
-    unlabeled = _numpy(net(x[:1], t[:1]))  # no labels means the null class
+    unlabeled = to_numpy(net(x[:1], t[:1]))  # no labels means the null class
     np.testing.assert_allclose(unlabeled[0], out[2], rtol=1e-5, atol=1e-5)
 
 
@@ -180,33 +172,23 @@ def test_dit_keras_file_round_trip(tmp_path, num_classes, position_embedding):
     if num_classes is not None:
         inputs.append(np.array([2, 10], np.int32))
     net(*inputs)
-    _randomize(net)
-    expected = _numpy(net(*inputs))
+    randomize(net)
+    expected = to_numpy(net(*inputs))
     net.save(tmp_path / "dit.keras")
     loaded = keras.saving.load_model(tmp_path / "dit.keras")
     assert type(loaded) is DiT
     assert loaded.get_config() == net.get_config()
     assert loaded.count_params() == net.count_params()
-    np.testing.assert_allclose(_numpy(loaded(*inputs)), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(loaded(*inputs)), expected, rtol=1e-5, atol=1e-5)
 
 
 # -- training ------------------------------------------------------------------------------------------
-def _fit_once(network, prediction_type="epsilon", loss_weighting="none", jit_compile=True, labels=None):
-    diffusion = GaussianDiffusion(make_betas("cosine", 20))
-    model = DiffusionModel(network, diffusion, prediction_type=prediction_type, loss_weighting=loss_weighting)
-    images = np.random.default_rng(0).uniform(-1, 1, (8, 8, 8, 1)).astype(np.float32)
-    model(images[:1])
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit_compile)
-    # Built here, the optimizer's slots are not created inside the traced step (which would trace it twice).
-    model.optimizer.build(model.trainable_variables)
-    history = model.fit(images, labels, batch_size=8, epochs=1, verbose=0)
-    return model, history.history["loss"][0]
 
 
 @pytest.mark.parametrize("loss_weighting", ["none", "min_snr"])
 @pytest.mark.parametrize("prediction_type", ["epsilon", "x0", "v"])
 def test_jit_compiled_train_step(prediction_type, loss_weighting):
-    model, loss = _fit_once(DiT(patch_size=4, hidden_size=16, depth=1, num_heads=2), prediction_type, loss_weighting)
+    model, loss = fit_once(DiT(patch_size=4, hidden_size=16, depth=1, num_heads=2), prediction_type, loss_weighting)
     assert np.isfinite(loss) and loss > 0
     assert int(model.optimizer.iterations.numpy()) == 1
 
@@ -224,7 +206,7 @@ def mixed_bfloat16():
 def test_mixed_bfloat16_train_step(mixed_bfloat16, position_embedding):
     net = DiT(patch_size=4, hidden_size=16, depth=1, num_heads=2, num_classes=3, position_embedding=position_embedding)
     labels = np.arange(8, dtype=np.int32) % 3
-    _, loss = _fit_once(net, "v", "min_snr", jit_compile=False, labels=labels)
+    _, loss = fit_once(net, "v", "min_snr", jit_compile=False, labels=labels)
     assert np.isfinite(loss) and loss > 0
     assert net.compute_dtype == "bfloat16"
     assert all(w.dtype == "float32" for w in net.weights)

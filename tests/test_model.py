@@ -205,3 +205,33 @@ def test_bad_constructor_arguments_name_the_value():
     ]:
         with pytest.raises(ValueError, match=f"Received: {received}"):
             tfd.DiffusionModel(tiny_unet(), diffusion, **kwargs)
+
+
+def test_mixed_float16_overflow_steps_are_counted():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = built_model()
+        # A huge initial scale overflows the float16 gradients: the first steps are skipped.
+        optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(1e-3), initial_scale=2.0**60)
+        model.compile(optimizer=optimizer)
+        images = np.random.default_rng(0).uniform(-1, 1, (8, 8, 8, 1)).astype(np.float32)
+        history = model.fit(images, batch_size=4, epochs=1, verbose=0)
+        assert history.history["loss_scale_skipped_steps"] == [2.0]
+        assert history.history["nonfinite_steps"] == [0.0]
+        assert all(w.dtype == "float32" and np.all(np.isfinite(w.numpy())) for w in model.trainable_weights)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("prediction_type", ["x0", "v"])
+def test_two_moons_with_other_prediction_types(prediction_type):
+    keras.utils.set_random_seed(0)
+    x = tfd.data.make_moons_dataset(10_000, seed=0)
+    diffusion = tfd.GaussianDiffusion(tfd.schedules.make_betas("polynomial", 10))
+    model = tfd.DiffusionModel(tfd.layers.MLPDenoiser(2), diffusion, data_range=None, prediction_type=prediction_type)
+    model.compile(optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(3e-3, 2400)))
+    model.fit(tfd.data.step_indexed_batches(x, None, 512, seed=0), steps_per_epoch=300, epochs=8, verbose=0)
+    held_out = tfd.data.make_moons_dataset(2000, seed=1)
+    noise = np.random.default_rng(0).standard_normal((2000, 2))
+    trained = energy_distance(model.generate(2000, seed=0), held_out)
+    assert trained < 0.25 * energy_distance(noise, held_out), trained

@@ -253,3 +253,20 @@ def test_random_config_values_are_accepted_or_named():
             assert name in message and ("Received" in message or "got" in message), message
 
     check()
+
+
+def test_all_checkpoints_damaged_exits_1_and_keeps_the_files(tmp_path):
+    training.train(load_config("moons"), str(tmp_path))
+    checkpoints = sorted((tmp_path / "checkpoints").glob("ckpt-*.weights.h5"))
+    for path in checkpoints:
+        path.write_bytes(b"not a checkpoint")
+    result = run_binary("--config=configs/moons.py:tiny", f"--workdir={tmp_path}")
+    assert result.returncode == 1 and "No readable checkpoint" in result.stderr
+    assert all(path.read_bytes() == b"not a checkpoint" for path in checkpoints)
+
+
+def test_network_that_cannot_take_the_data_shape_exits_1(tmp_path):
+    result = run_binary("--config=configs/mnist.py:tiny", f"--workdir={tmp_path}/run",
+                        "--config.model.channels=(8, 16, 32, 64)")
+    assert result.returncode == 1
+    assert "divisible by 8" in result.stderr and "Received: x_shape=(1, 28, 28, 1)" in result.stderr

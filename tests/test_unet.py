@@ -7,9 +7,9 @@ import keras
 import numpy as np
 import pytest
 
-from tfdiffusion import DiffusionModel, GaussianDiffusion
 from tfdiffusion.layers import AttentionBlock, ResidualBlock, UNet
-from tfdiffusion.schedules import make_betas
+
+from network_checks import fit_once, randomize, to_numpy
 
 # 28 → 14 → 7 with attention at 7 (and in the middle), GroupNorm(4) on widths 8 and 16.
 TINY_28 = dict(base_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(7,), num_groups=4,
@@ -30,31 +30,23 @@ def _images(shape, seed=0):
     return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
 
 
-def _randomize(net, seed=0):
-    """Replaces the zero-initialised weights so that outputs depend on every input."""
-    rng = np.random.default_rng(seed)
-    for weight in net.weights:
-        weight.assign(rng.normal(0.0, 0.2, weight.shape).astype(np.float32))
-    return net
 
 
-def _numpy(x):
-    return keras.ops.convert_to_numpy(x)
 
 
 # -- blocks --------------------------------------------------------------------------------------------
 def test_residual_block_shapes_param_count_and_identity_at_init():
     block = ResidualBlock(16, num_groups=4)
     x, e = _images((2, 6, 6, 8)), _images((2, 12), seed=1)
-    y = _numpy(block(x, e))
+    y = to_numpy(block(x, e))
     assert y.shape == (2, 6, 6, 16)
     # By hand: 2 GroupNorms (γ, β), conv3×3 8→16, Dense 12→32 (FiLM), conv3×3 16→16, 1×1 skip 8→16.
     expected = 2 * 8 + (9 * 8 * 16 + 16) + (12 * 32 + 32) + 2 * 16 + (9 * 16 * 16 + 16) + (8 * 16 + 16)
     assert block.count_params() == expected
     # The second conv starts at zero, so a new block is its skip connection.
-    np.testing.assert_allclose(y, _numpy(block.skip(x)), atol=1e-6)
+    np.testing.assert_allclose(y, to_numpy(block.skip(x)), atol=1e-6)
     same = ResidualBlock(8, num_groups=4)
-    np.testing.assert_allclose(_numpy(same(x, e)), x, atol=1e-6)
+    np.testing.assert_allclose(to_numpy(same(x, e)), x, atol=1e-6)
     assert same.skip is None
 
 
@@ -62,13 +54,13 @@ def test_residual_block_film_uses_the_embedding():
     block = ResidualBlock(8, num_groups=2)
     x, e = _images((1, 4, 4, 8)), _images((1, 6), seed=1)
     block(x, e)
-    _randomize(block)
-    assert not np.allclose(_numpy(block(x, e)), _numpy(block(x, e + 1.0)))
+    randomize(block)
+    assert not np.allclose(to_numpy(block(x, e)), to_numpy(block(x, e + 1.0)))
 
 
 def test_attention_block_shapes_and_param_count():
     block = AttentionBlock(16, num_heads=4, num_groups=4)
-    y = _numpy(block(_images((2, 5, 3, 16))))
+    y = to_numpy(block(_images((2, 5, 3, 16))))
     assert y.shape == (2, 5, 3, 16)
     # GroupNorm γ, β; query/key/value 16→4×4 with bias; output 4×4→16 with bias.
     assert block.count_params() == 2 * 16 + 3 * (16 * 16 + 16) + (16 * 16 + 16)
@@ -78,10 +70,10 @@ def test_attention_block_mixes_positions():
     block = AttentionBlock(8, num_heads=2, num_groups=2)
     x = _images((1, 4, 4, 8))
     block(x)
-    _randomize(block)
+    randomize(block)
     changed = x.copy()
     changed[0, 0, 0] += 1.0
-    difference = np.abs(_numpy(block(changed)) - _numpy(block(x)))
+    difference = np.abs(to_numpy(block(changed)) - to_numpy(block(x)))
     assert difference[0, 3, 3].max() > 1e-4  # a far position sees the change
 
 
@@ -111,11 +103,11 @@ def test_residual_block_rejects_input_channels_not_divisible_by_groups():
 )
 def test_unet_output_shape(shape, kwargs):
     net = UNet(**kwargs)
-    out = _numpy(net(_images(shape), np.array([0, 19], np.int32)))
+    out = to_numpy(net(_images(shape), np.array([0, 19], np.int32)))
     assert out.shape == shape
     np.testing.assert_array_equal(out, 0.0)  # the output convolution is zero-initialised
-    _randomize(net)
-    out = _numpy(net(_images(shape), np.array([0, 19], np.int32)))
+    randomize(net)
+    out = to_numpy(net(_images(shape), np.array([0, 19], np.int32)))
     assert np.all(np.isfinite(out)) and out.std() > 0
     print(f"UNet{kwargs} on {shape[1:]}: {net.count_params():,} parameters")
 
@@ -136,8 +128,8 @@ def test_unet_output_depends_on_time():
     net = UNet(**TINY_28)
     x = _images((1, 28, 28, 1))
     net(x, np.array([0], np.int32))
-    _randomize(net)
-    assert not np.allclose(_numpy(net(x, np.array([0], np.int32))), _numpy(net(x, np.array([15], np.int32))))
+    randomize(net)
+    assert not np.allclose(to_numpy(net(x, np.array([0], np.int32))), to_numpy(net(x, np.array([15], np.int32))))
 
 
 def test_class_conditional_unet_depends_on_label_and_accepts_null():
@@ -145,12 +137,12 @@ def test_class_conditional_unet_depends_on_label_and_accepts_null():
     x = np.repeat(_images((1, 28, 28, 1)), 3, axis=0)
     t = np.array([5, 5, 5], np.int32)
     net(x, t, np.array([0, 1, 10], np.int32))
-    _randomize(net)
-    out = _numpy(net(x, t, np.array([0, 1, 10], np.int32)))  # 10 = the null label
+    randomize(net)
+    out = to_numpy(net(x, t, np.array([0, 1, 10], np.int32)))  # 10 = the null label
     assert out.shape == (3, 28, 28, 1) and np.all(np.isfinite(out))
     assert not np.allclose(out[0], out[1])
     assert not np.allclose(out[0], out[2])
-    unlabeled = _numpy(net(x[:1], t[:1]))  # no labels means the null class
+    unlabeled = to_numpy(net(x[:1], t[:1]))  # no labels means the null class
     np.testing.assert_allclose(unlabeled[0], out[2], rtol=1e-5, atol=1e-5)
     # The class table has num_classes + 1 rows of the embedding size (4 · base_channels).
     assert net.time_embedding.class_embedding.embeddings.shape == (11, 32)
@@ -160,9 +152,9 @@ def test_dropout_is_active_only_in_training():
     net = UNet(**{**SMALL, "dropout": 0.5})
     x, t = _images((2, 8, 8, 1)), np.array([1, 2], np.int32)
     net(x, t)
-    _randomize(net)
-    np.testing.assert_array_equal(_numpy(net(x, t)), _numpy(net(x, t, training=False)))
-    assert not np.allclose(_numpy(net(x, t, training=True)), _numpy(net(x, t)))
+    randomize(net)
+    np.testing.assert_array_equal(to_numpy(net(x, t)), to_numpy(net(x, t, training=False)))
+    assert not np.allclose(to_numpy(net(x, t, training=True)), to_numpy(net(x, t)))
 
 
 @pytest.mark.parametrize("shape", [(1, 30, 28, 1), (1, 28, 26, 1), (1, 28, 28)])
@@ -217,34 +209,24 @@ def test_unet_keras_file_round_trip(tmp_path, num_classes):
     if num_classes is not None:
         inputs.append(np.array([2, 10], np.int32))
     net(*inputs)
-    _randomize(net)
-    expected = _numpy(net(*inputs))
+    randomize(net)
+    expected = to_numpy(net(*inputs))
     net.save(tmp_path / "unet.keras")
     loaded = keras.saving.load_model(tmp_path / "unet.keras")
     assert type(loaded) is UNet
     assert loaded.get_config() == net.get_config()
     assert loaded.count_params() == net.count_params()
     assert sorted(loaded.attention_blocks) == sorted(net.attention_blocks)
-    np.testing.assert_allclose(_numpy(loaded(*inputs)), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(loaded(*inputs)), expected, rtol=1e-5, atol=1e-5)
 
 
 # -- training --------------------------------------------------------------------------------------------
-def _fit_once(network, prediction_type="epsilon", loss_weighting="none", jit_compile=True, labels=None):
-    diffusion = GaussianDiffusion(make_betas("cosine", 20))
-    model = DiffusionModel(network, diffusion, prediction_type=prediction_type, loss_weighting=loss_weighting)
-    images = np.random.default_rng(0).uniform(-1, 1, (8, 8, 8, 1)).astype(np.float32)
-    model(images[:1])
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit_compile)
-    # Built here, the optimizer's slots are not created inside the traced step (which would trace it twice).
-    model.optimizer.build(model.trainable_variables)
-    history = model.fit(images, labels, batch_size=8, epochs=1, verbose=0)
-    return model, history.history["loss"][0]
 
 
 @pytest.mark.parametrize("loss_weighting", ["none", "min_snr"])
 @pytest.mark.parametrize("prediction_type", ["epsilon", "x0", "v"])
 def test_jit_compiled_train_step(prediction_type, loss_weighting):
-    model, loss = _fit_once(UNet(**TRAIN), prediction_type, loss_weighting)
+    model, loss = fit_once(UNet(**TRAIN), prediction_type, loss_weighting)
     assert np.isfinite(loss) and loss > 0
     assert int(model.optimizer.iterations.numpy()) == 1
 
@@ -261,7 +243,7 @@ def mixed_bfloat16():
 def test_mixed_bfloat16_train_step(mixed_bfloat16):
     net = UNet(**TRAIN, num_classes=3)
     labels = np.arange(8, dtype=np.int32) % 3
-    model, loss = _fit_once(net, "v", "min_snr", jit_compile=False, labels=labels)
+    model, loss = fit_once(net, "v", "min_snr", jit_compile=False, labels=labels)
     assert np.isfinite(loss) and loss > 0
     assert net.compute_dtype == "bfloat16"
     assert all(w.dtype == "float32" for w in net.weights)
@@ -270,4 +252,4 @@ def test_mixed_bfloat16_train_step(mixed_bfloat16):
     out = small(_images((2, 8, 8, 1)), np.array([3, 9], np.int32), np.array([0, 3], np.int32))
     assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
     assert all(w.dtype == "float32" for w in small.weights)
-    assert np.all(np.isfinite(_numpy(keras.ops.cast(out, "float32"))))
+    assert np.all(np.isfinite(to_numpy(keras.ops.cast(out, "float32"))))

@@ -104,6 +104,9 @@ class DiffusionModel(keras.Model):
         self.data_shape = None
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.nonfinite_tracker = keras.metrics.Sum(name="nonfinite_steps")
+        # Under mixed_float16 the loss-scale optimizer skips steps whose scaled gradients
+        # overflow; they are counted here so that a run cannot stall unnoticed.
+        self.skipped_tracker = keras.metrics.Sum(name="loss_scale_skipped_steps")
         # Compiled samplers, cached per request kind; kept out of Keras/TF tracking so that
         # the model still saves and exports after `generate` has run.
         object.__setattr__(self, "_sample_functions", {})
@@ -126,7 +129,7 @@ class DiffusionModel(keras.Model):
 
     @property
     def metrics(self):
-        return [self.loss_tracker, self.nonfinite_tracker]
+        return [self.loss_tracker, self.nonfinite_tracker, self.skipped_tracker]
 
     def get_config(self):
         config = super().get_config()
@@ -230,6 +233,9 @@ class DiffusionModel(keras.Model):
         # (a conditional apply would break the all-reduce under tf.distribute), the step is
         # counted, and `StopOnNonFiniteLoss` (or the training binary) stops with an error.
         gradients = [tf.where(finite, g, tf.zeros_like(g)) for g in gradients]
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            overflow = tf.logical_not(tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients]))
+            self.skipped_tracker.update_state(tf.cast(overflow, tf.float32))
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
         self.nonfinite_tracker.update_state(1.0 - tf.cast(finite, tf.float32))
         self.loss_tracker.update_state(tf.where(finite, loss, 0.0))

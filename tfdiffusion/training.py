@@ -35,6 +35,10 @@ class NonFiniteLossError(RuntimeError):
     """Raised when a training step produced a NaN or infinite loss."""
 
 
+class CheckpointError(ValueError):
+    """No checkpoint of a workdir can be read."""
+
+
 class ConfigError(ValueError):
     """A config value is invalid; the message names the key and the value received."""
 
@@ -222,7 +226,8 @@ class CheckpointManager:
                 return step
             logging.warning("Checkpoint %s holds non-finite weights; trying an older one.", self.path(step))
         if self.steps():
-            raise RuntimeError(f"No readable checkpoint in {self.directory}. Received: steps={self.steps()}")
+            raise CheckpointError(f"No readable checkpoint in {self.directory}; move the damaged files away to start "
+                                  f"over. Received: checkpoint steps {self.steps()}")
         return 0
 
 
@@ -543,3 +548,9 @@ def model_from_checkpoint(workdir, step=None, use_ema=True):
     if use_ema and model.optimizer.use_ema:
         model.optimizer.finalize_variable_values(model.trainable_variables)
     return model
+
+
+def check_variant(variant):
+    """Config files accept one variant, "tiny" (a seconds-long run for tests)."""
+    if variant not in (None, "", "tiny"):
+        raise ValueError(f"Unknown variant. Expected 'tiny' or none. Received: variant={variant!r}")
