@@ -52,11 +52,30 @@ def test_moons_binary_end_to_end(tmp_path):
     assert model.generate(5, seed=0).shape == (5, 2)
 
 
+def write_idx_mnist(directory, num_images=64):
+    """A small MNIST directory in the original IDX format (random strokes), so the test needs no network."""
+    import gzip
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    images = (rng.random((num_images, 28, 28)) < 0.15).astype(np.uint8) * 255
+    labels = rng.integers(0, 10, num_images).astype(np.uint8)
+    for split, stem in (("train", "train"), ("test", "t10k")):
+        with gzip.open(directory / f"{stem}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(np.array([2051, num_images, 28, 28], ">i4").tobytes() + images.tobytes())
+        with gzip.open(directory / f"{stem}-labels-idx1-ubyte.gz", "wb") as f:
+            f.write(np.array([2049, num_images], ">i4").tobytes() + labels.tobytes())
+    return directory
+
+
 def test_mnist_tiny_binary_end_to_end(tmp_path):
-    result = run_binary("--config=configs/mnist.py:tiny", f"--workdir={tmp_path}")
+    idx_dir = write_idx_mnist(tmp_path / "idx")
+    workdir = tmp_path / "run"
+    result = run_binary("--config=configs/mnist.py:tiny", f"--workdir={workdir}", f"--config.data.idx_dir={idx_dir}",
+                        "--config.data.source=idx")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert (tmp_path / "samples.png").stat().st_size > 1000
-    assert json.loads((tmp_path / "config.json").read_text())["diffusion"] == {"name": "linear", "num_timesteps": 400}
+    assert (workdir / "samples.png").stat().st_size > 1000
+    assert json.loads((workdir / "config.json").read_text())["diffusion"] == {"name": "linear", "num_timesteps": 400}
 
 
 @pytest.mark.parametrize(
@@ -266,7 +285,8 @@ def test_all_checkpoints_damaged_exits_1_and_keeps_the_files(tmp_path):
 
 
 def test_network_that_cannot_take_the_data_shape_exits_1(tmp_path):
-    result = run_binary("--config=configs/mnist.py:tiny", f"--workdir={tmp_path}/run",
+    idx_dir = write_idx_mnist(tmp_path / "idx")
+    result = run_binary("--config=configs/mnist.py:tiny", f"--workdir={tmp_path}/run", f"--config.data.idx_dir={idx_dir}",
                         "--config.model.channels=(8, 16, 32, 64)")
     assert result.returncode == 1
     assert "divisible by 8" in result.stderr and "Received: x_shape=(1, 28, 28, 1)" in result.stderr

@@ -64,9 +64,9 @@ class EvaluationError(ValueError):
 
 
 # -- the model ---------------------------------------------------------------------------------
-def resolve_model_path(value):
-    """(model.keras path, workdir or None) of a --model value."""
-    if os.path.isdir(value) and _CHECKPOINT_STEP.value is not None:
+def resolve_model_path(value, checkpoint_step=None):
+    """(model.keras path, workdir or None) of a --model value (the workdir itself for a checkpoint)."""
+    if os.path.isdir(value) and checkpoint_step is not None:
         return value, value
     if os.path.isdir(value):
         path = os.path.join(value, "model.keras")
@@ -89,17 +89,17 @@ def batch_seed(seed, index):
 
 
 class KerasSampler:
-    def __init__(self, path, *, sampler, num_steps, eta, guidance_scale):
+    def __init__(self, path, *, sampler, num_steps, eta, guidance_scale, checkpoint_step=None):
         import keras
 
         import tfdiffusion  # noqa: F401  (registers DiffusionModel for deserialisation)
         from tfdiffusion import samplers
 
         try:
-            if _CHECKPOINT_STEP.value is not None:
+            if checkpoint_step is not None:
                 from tfdiffusion import training
 
-                self.model = training.model_from_checkpoint(path, _CHECKPOINT_STEP.value)
+                self.model = training.model_from_checkpoint(path, checkpoint_step)
             else:
                 self.model = keras.saving.load_model(path)
         except Exception as error:  # a damaged or foreign file
@@ -300,7 +300,7 @@ def atomic_write_json(path, payload):
 def evaluate(*, model=None, saved_model=None, classifier=None, dataset="auto", idx_dir=None, num_samples=10000,
              sampler="ddim", num_steps=0, eta=0.0, guidance_scale=0.0, num_classes=10, seed=0, batch_size=500,
              reference_split="test", reference_num_images=0, reference_seed=12345, kid_subsets=100,
-             kid_subset_size=1000, output=None):
+             kid_subset_size=1000, output=None, checkpoint_step=None):
     """Runs the evaluation and writes the report; returns the report dict."""
     start = time.time()
     if (model is None) == (saved_model is None):
@@ -321,13 +321,14 @@ def evaluate(*, model=None, saved_model=None, classifier=None, dataset="auto", i
     if classifier and not os.path.isfile(classifier):  # fail before sampling, not after
         raise FileNotFoundError(f"--classifier does not exist. Received: --classifier={classifier!r}")
     if model is not None:
-        path, workdir = resolve_model_path(model)
+        path, workdir = resolve_model_path(model, checkpoint_step)
     from tfdiffusion import samplers  # (imports TensorFlow: the checks above answer at once)
 
     if sampler not in samplers.SAMPLERS:
         raise EvaluationError(f"--sampler must be one of {samplers.SAMPLERS}. Received: --sampler={sampler!r}")
     if model is not None:
-        sample_fn = KerasSampler(path, sampler=sampler, num_steps=num_steps, eta=eta, guidance_scale=guidance_scale)
+        sample_fn = KerasSampler(path, sampler=sampler, num_steps=num_steps, eta=eta, guidance_scale=guidance_scale,
+                                 checkpoint_step=checkpoint_step)
         num_steps = sample_fn.num_steps
         model_path = os.path.abspath(path)
     else:
@@ -375,7 +376,7 @@ def main(argv):
             num_classes=_NUM_CLASSES.value, seed=_SEED.value, batch_size=_BATCH_SIZE.value,
             reference_split=_REFERENCE_SPLIT.value, reference_num_images=_REFERENCE_LIMIT.value,
             reference_seed=_REFERENCE_SEED.value, kid_subsets=_KID_SUBSETS.value,
-            kid_subset_size=_KID_SUBSET_SIZE.value, output=_OUTPUT.value)
+            kid_subset_size=_KID_SUBSET_SIZE.value, output=_OUTPUT.value, checkpoint_step=_CHECKPOINT_STEP.value)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
