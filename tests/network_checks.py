@@ -30,3 +30,21 @@ def fit_once(network, prediction_type="epsilon", loss_weighting="none", jit_comp
     model.optimizer.build(model.trainable_variables)
     history = model.fit(images, labels, batch_size=8, epochs=1, verbose=0)
     return model, history.history["loss"][0]
+
+
+def assert_keras_file_round_trip(net, path, num_classes=None):
+    """Saves `net` (weights randomised) to `path` (.keras), loads it, checks config, size and outputs."""
+    rng = np.random.default_rng(0)
+    inputs = [rng.uniform(-1, 1, (2, 28, 28, 1)).astype(np.float32), np.array([3, 17], np.int32)]
+    if num_classes is not None:
+        inputs.append(np.array([2, num_classes], np.int32))  # a real class and the null class
+    net(*inputs)
+    randomize(net)
+    expected = to_numpy(net(*inputs))
+    net.save(path)
+    loaded = keras.saving.load_model(path)
+    assert type(loaded) is type(net)
+    assert loaded.get_config() == net.get_config()
+    assert loaded.count_params() == net.count_params()
+    np.testing.assert_allclose(to_numpy(loaded(*inputs)), expected, rtol=1e-5, atol=1e-5)
+    return loaded

@@ -10,7 +10,7 @@ import pytest
 from tfdiffusion.layers import DiT, DiTBlock
 from tfdiffusion.layers.dit import sincos_position_embedding_2d
 
-from network_checks import fit_once, randomize, to_numpy
+from network_checks import assert_keras_file_round_trip, fit_once, randomize, to_numpy
 
 TINY = dict(hidden_size=16, depth=2, num_heads=2, mlp_ratio=2.0)
 
@@ -168,18 +168,7 @@ def test_dit_config_json_round_trip():
 @pytest.mark.parametrize("num_classes, position_embedding", [(None, "sincos"), (10, "learned")])
 def test_dit_keras_file_round_trip(tmp_path, num_classes, position_embedding):
     net = DiT(patch_size=4, **TINY, num_classes=num_classes, position_embedding=position_embedding)
-    inputs = [_images((2, 28, 28, 1)), np.array([3, 17], np.int32)]
-    if num_classes is not None:
-        inputs.append(np.array([2, 10], np.int32))
-    net(*inputs)
-    randomize(net)
-    expected = to_numpy(net(*inputs))
-    net.save(tmp_path / "dit.keras")
-    loaded = keras.saving.load_model(tmp_path / "dit.keras")
-    assert type(loaded) is DiT
-    assert loaded.get_config() == net.get_config()
-    assert loaded.count_params() == net.count_params()
-    np.testing.assert_allclose(to_numpy(loaded(*inputs)), expected, rtol=1e-5, atol=1e-5)
+    assert_keras_file_round_trip(net, tmp_path / "dit.keras", num_classes)
 
 
 # -- training ------------------------------------------------------------------------------------------

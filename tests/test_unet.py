@@ -9,7 +9,7 @@ import pytest
 
 from tfdiffusion.layers import AttentionBlock, ResidualBlock, UNet
 
-from network_checks import fit_once, randomize, to_numpy
+from network_checks import assert_keras_file_round_trip, fit_once, randomize, to_numpy
 
 # 28 → 14 → 7 with attention at 7 (and in the middle), GroupNorm(4) on widths 8 and 16.
 TINY_28 = dict(base_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(7,), num_groups=4,
@@ -205,19 +205,8 @@ def test_unet_config_json_round_trip():
 @pytest.mark.parametrize("num_classes", [None, 10])
 def test_unet_keras_file_round_trip(tmp_path, num_classes):
     net = UNet(**TINY_28, num_classes=num_classes)
-    inputs = [_images((2, 28, 28, 1)), np.array([3, 17], np.int32)]
-    if num_classes is not None:
-        inputs.append(np.array([2, 10], np.int32))
-    net(*inputs)
-    randomize(net)
-    expected = to_numpy(net(*inputs))
-    net.save(tmp_path / "unet.keras")
-    loaded = keras.saving.load_model(tmp_path / "unet.keras")
-    assert type(loaded) is UNet
-    assert loaded.get_config() == net.get_config()
-    assert loaded.count_params() == net.count_params()
+    loaded = assert_keras_file_round_trip(net, tmp_path / "unet.keras", num_classes)
     assert sorted(loaded.attention_blocks) == sorted(net.attention_blocks)
-    np.testing.assert_allclose(to_numpy(loaded(*inputs)), expected, rtol=1e-5, atol=1e-5)
 
 
 # -- training --------------------------------------------------------------------------------------------
