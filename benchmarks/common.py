@@ -231,6 +231,9 @@ def wait_for_quiet(max_wait_s, threshold=DEFAULT_CONTENTION_THRESHOLD, window_s=
             return fraction
 
 
+THROTTLED_FRACTION = 0.75
+
+
 def summarize(runs, value_key="wall_s"):
     """Median of `value_key` over the uncontended runs (all runs if every one was contended).
 
@@ -241,7 +244,14 @@ def summarize(runs, value_key="wall_s"):
       dict with median, min and max of the used runs, `contended` (True when the median
       had to include contended runs), the counts, and the runs themselves.
     """
-    clean = [run for run in runs if not run["contended"]]
+    # A repeat whose process got far less CPU than the best repeat of the same work was capped
+    # (host throttling shows as neither other processes nor steal): it counts as contended.
+    utilisations = [run.get("self_cpu_utilisation") for run in runs if run.get("self_cpu_utilisation")]
+    best = max(utilisations, default=None)
+    for run in runs:
+        run["throttled"] = bool(best and run.get("self_cpu_utilisation") and
+                                run["self_cpu_utilisation"] < THROTTLED_FRACTION * best)
+    clean = [run for run in runs if not run["contended"] and not run["throttled"]]
     used = clean if clean else list(runs)
     values = [run[value_key] for run in used]
     fractions = [run["other_cpu_fraction"] for run in used if run["other_cpu_fraction"] is not None]
