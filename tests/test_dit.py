@@ -182,15 +182,6 @@ def test_jit_compiled_train_step(prediction_type, loss_weighting):
     assert int(model.optimizer.iterations.numpy()) == 1
 
 
-@pytest.fixture
-def mixed_bfloat16():
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-
-
 @pytest.mark.parametrize("position_embedding", ["sincos", "learned"])
 def test_mixed_bfloat16_train_step(mixed_bfloat16, position_embedding):
     net = DiT(patch_size=4, hidden_size=16, depth=1, num_heads=2, num_classes=3, position_embedding=position_embedding)

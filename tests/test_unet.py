@@ -220,15 +220,6 @@ def test_jit_compiled_train_step(prediction_type, loss_weighting):
     assert int(model.optimizer.iterations.numpy()) == 1
 
 
-@pytest.fixture
-def mixed_bfloat16():
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-
-
 def test_mixed_bfloat16_train_step(mixed_bfloat16):
     net = UNet(**TRAIN, num_classes=3)
     labels = np.arange(8, dtype=np.int32) % 3
