@@ -263,14 +263,22 @@ NULL = 10
 
 
 class RecordingEps:
-    """ε(x, t, y) = 0.1 x + 0.05 y + 0.001 t, recording every call's batch and labels."""
+    """ε(x, t, y) = 0.1 x + 0.05 y + 0.001 t, recording every executed call's batch and labels.
+
+    The record is a `tf.py_function`, so it sees every call also when `sample` runs its loop as a graph.
+    """
 
     def __init__(self):
         self.calls = []
 
+    def _record(self, x, labels):
+        self.calls.append((int(x.shape[0]), labels.numpy().tolist()))
+        return 0
+
     def __call__(self, x, t, labels):
-        self.calls.append((int(x.shape[0]), None if labels is None else labels.numpy().tolist()))
-        return 0.1 * x + 0.05 * tf.cast(labels, x.dtype)[:, None] + 0.001 * tf.cast(t, x.dtype)[:, None]
+        recorded = tf.py_function(self._record, [x, labels], tf.int32)
+        with tf.control_dependencies([recorded]):
+            return 0.1 * x + 0.05 * tf.cast(labels, x.dtype)[:, None] + 0.001 * tf.cast(t, x.dtype)[:, None]
 
 
 @pytest.mark.parametrize("w", [0.5, 3.0])

@@ -12,8 +12,9 @@ uniformly over [0, T) (`timestep_sequence`); "next" after τ_{n−1} is t = −1
 respaced chain (Nichol & Dhariwal 2021, §4).
 
 Noise: x_T ~ N(0, I) is drawn with `tf.random.stateless_normal(seed=[seed, 0])` and the
-noise of step i with `seed=[seed, i + 1]`, outside any XLA cluster, so that one seed
-gives the same samples eagerly, in `tf.function`, under XLA networks and after export.
+noise of step i with `seed=[seed, i + 1]`, outside any XLA cluster. With the loop always run
+as a graph (eager calls included) on a batch of unknown size, one seed gives bitwise the same
+samples eagerly, in `tf.function`, under XLA networks and after export.
 """
 
 import numpy as np
@@ -310,27 +311,49 @@ def sample(
         raise ValueError(f"ddpm_variance must be one of {DDPM_VARIANCES}. Received: ddpm_variance={ddpm_variance!r}")
     if trajectory_every is not None and (not isinstance(trajectory_every, int) or trajectory_every < 1):
         raise ValueError(f"trajectory_every must be a positive integer. Received: trajectory_every={trajectory_every!r}")
+
+    def draw(x_T, labels, seed, num_steps, eta, guidance_scale):
+        # The graph is the same whether the request is constant or fed (as in the export): grappler
+        # folds constants and known batch sizes into the coefficient arithmetic in another order
+        # (differences ~1e-7), so every input enters through an opaque placeholder.
+        x_T = _opaque(x_T, tf.float32, batched=True)
+        labels = None if labels is None else _opaque(labels, tf.int32, batched=True)
+        seed, num_steps, eta = _opaque(seed, tf.int64), _opaque(num_steps, tf.int32), _opaque(eta, tf.float32)
+        guidance_scale = None if guidance_scale is None else _opaque(guidance_scale, tf.float32)
+        alpha_bar_table = tf.constant(np.append(1.0, diffusion.alphas_cumprod), tf.float64)
+        timesteps = timestep_sequence(num_steps, T)
+        model_fn = guided_eps_fn(eps_fn, guidance_scale, null_label)
+        options = dict(eta=eta, labels=labels, ddpm_variance=ddpm_variance, clip_denoised=clip_denoised,
+                       trajectory_every=trajectory_every)
+
+        def run(kind):
+            return _reverse_loop(kind, model_fn, alpha_bar_table, x_T, timesteps, seed, **options)
+
+        if isinstance(sampler, str):
+            x0, trajectory = run(sampler)
+        else:
+            index = tf.argmax(tf.cast(tf.equal(sampler, tf.constant(SAMPLERS)), tf.int32), output_type=tf.int32)
+            branches = [lambda kind=kind: _drop_none(run(kind)) for kind in SAMPLERS]
+            outputs = tf.switch_case(index, branches)
+            x0, trajectory = (outputs, None) if trajectory_every is None else outputs
+        return x0 if trajectory_every is None else (x0, trajectory)
+
     if x_T is None:
         x_T = tf.random.stateless_normal(shape, tf.stack([tf.cast(seed, tf.int64), tf.constant(0, tf.int64)]))
-    x_T = tf.convert_to_tensor(x_T, tf.float32)
-    if labels is not None:
-        labels = tf.cast(labels, tf.int32)
-    alpha_bar_table = tf.constant(np.append(1.0, diffusion.alphas_cumprod), tf.float64)
-    timesteps = timestep_sequence(num_steps, T)
-    model_fn = guided_eps_fn(eps_fn, guidance_scale, null_label)
-    options = dict(eta=eta, labels=labels, ddpm_variance=ddpm_variance, clip_denoised=clip_denoised, trajectory_every=trajectory_every)
+    inputs = dict(x_T=x_T, labels=labels, seed=seed, num_steps=num_steps, eta=eta, guidance_scale=guidance_scale)
+    if not tf.executing_eagerly():
+        return draw(**inputs)
+    # Op by op, the network would round differently from any graph of it: grappler fuses Conv2D +
+    # BiasAdd + activation for oneDNN only in graphs. So an eager call runs the loop as one graph,
+    # as `DiffusionModel.generate` and the export do (and faster).
+    return tf.function(lambda: draw(**inputs), autograph=False)()
 
-    def run(kind):
-        return _reverse_loop(kind, model_fn, alpha_bar_table, x_T, timesteps, seed, **options)
 
-    if isinstance(sampler, str):
-        x0, trajectory = run(sampler)
-    else:
-        index = tf.argmax(tf.cast(tf.equal(sampler, tf.constant(SAMPLERS)), tf.int32), output_type=tf.int32)
-        branches = [lambda kind=kind: _drop_none(run(kind)) for kind in SAMPLERS]
-        outputs = tf.switch_case(index, branches)
-        x0, trajectory = (outputs, None) if trajectory_every is None else outputs
-    return x0 if trajectory_every is None else (x0, trajectory)
+def _opaque(value, dtype, batched=False):
+    """`value` as a tensor whose value (and batch size, if `batched`) grappler cannot fold."""
+    value = tf.cast(value, dtype)
+    shape = value.shape.as_list()
+    return tf.raw_ops.PlaceholderWithDefault(input=value, shape=[None] + shape[1:] if batched else shape)
 
 
 def _drop_none(outputs):

@@ -288,6 +288,12 @@ def build_optimizer(optimizer_config, total_steps):
             warmup_target=learning_rate if optimizer_config.warmup_steps else None,
             warmup_steps=optimizer_config.warmup_steps,
         )
+    elif optimizer_config.schedule == "constant" and optimizer_config.warmup_steps:
+        # A cosine whose floor equals its peak (alpha=1) is a linear warm-up followed by a constant rate.
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            0.0, max(total_steps - optimizer_config.warmup_steps, 1), alpha=1.0,
+            warmup_target=learning_rate, warmup_steps=optimizer_config.warmup_steps,
+        )
     elif optimizer_config.schedule != "constant":
         raise ConfigError(f"config.optimizer.schedule must be 'constant' or 'cosine'. Received: "
                           f"config.optimizer.schedule={optimizer_config.schedule!r}")
