@@ -66,6 +66,10 @@ run "${TRAIN[@]}" --network=seed_unet        --precision=float32        --jit_co
 run "${TRAIN[@]}" --network=plain_keras_port --precision=float32        --jit_compile=1
 run "${TRAIN[@]}" --network=seed_unet        --precision=mixed_bfloat16 --jit_compile=0
 run "${TRAIN[@]}" --network=plain_keras_port --precision=mixed_bfloat16 --jit_compile=0
+# The configs' other networks (README's network table), fp32 graph mode; CIFAR-10's UNet takes seconds a step.
+run "${TRAIN[@]}" --config=configs/fashion_mnist.py --precision=float32 --jit_compile=0
+run "${TRAIN[@]}" --config=configs/mnist_dit.py     --precision=float32 --jit_compile=0
+run "${TRAIN[@]}" --config=configs/cifar10.py       --precision=float32 --jit_compile=0 --timed_steps=4 --warmup_steps=1 --extra_repeats=0
 # Sampling, 16 images: in-process generate, the exported signature, the eager Python loop.
 run "${SAMPLE[@]}" --sampler=ddpm     --num_steps="$DDPM_STEPS"
 run "${SAMPLE[@]}" --sampler=ddim     --num_steps="$DDIM_STEPS"

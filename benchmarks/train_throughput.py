@@ -34,15 +34,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402  pylint: disable=wrong-import-position
+from absl import flags  # noqa: E402  pylint: disable=wrong-import-position
 
 NETWORKS = ("seed_unet", "plain_keras_port", "unet", "dit")
 IMAGE_SHAPE = (28, 28, 1)
+CONFIG_IMAGE_SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
 NUM_TIMESTEPS = 400
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--network", choices=NETWORKS, default="seed_unet")
+    parser.add_argument("--config", default=None,
+                        help="a config file (e.g. configs/fashion_mnist.py): time its network, diffusion and "
+                             "objective on its image shape instead of --network")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default="float32")
     parser.add_argument("--jit_compile", type=int, choices=(0, 1), default=0)
@@ -60,12 +65,30 @@ def parse_args(argv=None):
     parser.add_argument("--markdown", default=common.DEFAULT_MARKDOWN,
                         help="results file to append a row to ('' for none); use /tmp for smoke tests")
     args = parser.parse_args(argv)
+    args.image_shape = IMAGE_SHAPE
+    if args.config:
+        args.training_config = load_config(args.config)
+        args.network = f"{args.training_config.network} ({os.path.basename(args.config)})"
+        args.image_shape = CONFIG_IMAGE_SHAPES.get(args.training_config.data.name)
+        if args.image_shape is None:
+            parser.error(f"--config must train on an image dataset of {sorted(CONFIG_IMAGE_SHAPES)}. "
+                         f"Received: --config={args.config} (data {args.training_config.data.name!r})")
     for name in ("batch_size", "steps_per_execution", "timed_steps", "repeats", "cache_batches"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1. Received: {getattr(args, name)}")
     if args.warmup_steps < 0 or args.extra_repeats < 0:
         parser.error("--warmup_steps and --extra_repeats must be >= 0")
     return args
+
+
+def load_config(path):
+    """The ConfigDict of a config file, as `--config=path[:variant]` gives it to tools/train.py."""
+    from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+
+    holder = flags.FlagValues()
+    config = config_flags.DEFINE_config_file("config", flag_values=holder)
+    holder(["benchmark", f"--config={path}"])
+    return config.value
 
 
 def _round_up(steps, multiple):
@@ -87,6 +110,14 @@ def build_model(args):
 
     import tfdiffusion as tfd  # pylint: disable=import-outside-toplevel
 
+    if args.config:
+        from tfdiffusion import training  # pylint: disable=import-outside-toplevel
+
+        model = training.build_model(args.training_config)
+        model(tf.zeros((2,) + args.image_shape), tf.zeros((2,), tf.int32))
+        model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), jit_compile=bool(args.jit_compile),
+                      steps_per_execution=args.steps_per_execution)
+        return model, model.network.count_params()
     if args.network == "seed_unet":
         network = tfd.layers.SeedUNet(output_channels=IMAGE_SHAPE[-1])
     else:
@@ -106,12 +137,12 @@ def build_model(args):
     return model, network.count_params()
 
 
-def make_dataset(batch_size, cache_batches, seed=0):
+def make_dataset(batch_size, cache_batches, image_shape=IMAGE_SHAPE, seed=0):
     """Endless batches of random images in [−1, 1] from memory; the cache is filled up front."""
     import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    images = np.random.default_rng(seed).uniform(-1.0, 1.0, (cache_batches * batch_size,) + IMAGE_SHAPE)
+    images = np.random.default_rng(seed).uniform(-1.0, 1.0, (cache_batches * batch_size,) + tuple(image_shape))
     base = tf.data.Dataset.from_tensor_slices(images.astype(np.float32))
     base = base.batch(batch_size, drop_remainder=True).cache()
     for _ in base:  # one full pass fills the in-memory cache, so timed epochs never read the slices
@@ -131,7 +162,7 @@ def run(args):
     warmup_steps = _round_up(args.warmup_steps, k) if args.warmup_steps else 0
 
     model, params = build_model(args)
-    dataset = make_dataset(args.batch_size, args.cache_batches)
+    dataset = make_dataset(args.batch_size, args.cache_batches, args.image_shape)
     rss_before_training = common.peak_rss_mb()
 
     def fit(steps):

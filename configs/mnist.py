@@ -23,13 +23,15 @@ def get_config(variant=None):
                     "time_mlp_width": 256, "time_mlp_depth": 2, "output_channels": 1}
     config.diffusion = {"name": "linear", "num_timesteps": 400}
     config.data.update({"name": "mnist", "batch_size": 64})
-    config.optimizer.update({"learning_rate": 1e-4, "use_ema": True, "ema_momentum": 0.999})
+    config.optimizer.update({"learning_rate": 5e-4, "warmup_steps": 200, "clipnorm": 1.0, "use_ema": True,
+                             "ema_momentum": 0.999})
     config.train.update({"steps": 6000, "checkpoint_every": 500, "log_every": 100})
     config.sample.update({"num_samples": 16, "sampler": "ddpm"})
     if variant == "tiny":
         config.model.update({"channels": (8, 16, 32), "initial_channels": 8, "time_embedding_dim": 16,
                              "time_mlp_width": 32})
         config.data.batch_size = 8
+        config.optimizer.warmup_steps = 2
         config.train.update({"steps": 4, "checkpoint_every": 2, "log_every": 1})
         config.sample.update({"num_samples": 4, "sampler": "ddim", "num_steps": 5})
     return config

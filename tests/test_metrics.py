@@ -184,6 +184,18 @@ def test_confident_fraction_and_label_histogram():
         metrics.label_histogram(logits)
 
 
+def test_requested_label_accuracy_overall_and_per_class():
+    # argmax per row: 0, 1, 0, 2, 2; requested: 0, 1, 1, 2, 0 → hits 1, 1, 0, 1, 0
+    logits = np.array([[5.0, 0, 0], [0, 5.0, 0], [5.0, 0, 0], [0, 0, 5.0], [0, 0, 5.0]])
+    overall, per_class = metrics.requested_label_accuracy(logits, [0, 1, 1, 2, 0], num_classes=3)
+    assert overall == pytest.approx(3 / 5)
+    np.testing.assert_allclose(per_class, [0.5, 0.5, 1.0])
+    _, unseen = metrics.requested_label_accuracy(logits[:2], [0, 0], num_classes=3)
+    assert unseen[0] == 0.5 and np.isnan(unseen[1:]).all()
+    with pytest.raises(ValueError, match=r"Received: labels of shape \(5,\) in \[0, 3\]"):
+        metrics.requested_label_accuracy(logits, [0, 1, 1, 3, 0], num_classes=3)
+
+
 # -- likelihood -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mean, log_scale", [(0.0, -3.0), (0.37, -1.0), (-0.99, -5.0), (1.4, 0.5), (0.2, -8.0)])
 def test_discretized_decoder_is_a_probability_distribution_over_256_levels(mean, log_scale):

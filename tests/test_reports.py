@@ -42,3 +42,30 @@ def test_plot_binary(moons_workdir, tmp_path):
     assert ok.returncode == 0 and (tmp_path / "moons_schedules.png").exists(), ok.stderr[-2000:]
     bad = subprocess.run(run + [f"--workdir={tmp_path}/missing"], capture_output=True, text=True)
     assert bad.returncode == 1 and "Received: workdir=" in bad.stderr
+
+
+def test_guidance_figure_one_row_per_class(tmp_path, monkeypatch):
+    import numpy as np
+    import tensorflow as tf
+
+    import tfdiffusion as tfd
+
+    network = tfd.layers.SeedUNet(channels=(8, 16), initial_channels=8, time_embedding_dim=16, time_mlp_width=32,
+                                  num_classes=3)
+    model = tfd.DiffusionModel(network, tfd.GaussianDiffusion(tfd.schedules.make_betas("cosine", 10)))
+    model(tf.zeros((1, 8, 8, 1)), tf.zeros((1,), tf.int32))
+    grids = []
+    monkeypatch.setattr(reports.plots, "save_image_grid",
+                        lambda images, path, **kwargs: grids.append((images, kwargs)) or path)
+    reports.guidance_figure(model, str(tmp_path / "g.png"), (0.0, 3.0), per_class=4, num_steps=3)
+    (images, kwargs), = grids
+    # Rows: 3 classes; columns: 4 samples at w = 0, a blank cell, 4 samples at w = 3.
+    assert images.shape == (3 * 9, 8, 8, 1) and kwargs["columns"] == 9
+    np.testing.assert_array_equal(kwargs["labels"][::9], np.arange(3))
+    rows = images.reshape(3, 9, 8, 8, 1)
+    left, blank, right = rows[:, :4], rows[:, 4], rows[:, 5:]
+    assert (blank == 1.0).all()
+    assert not np.array_equal(left, right)  # guidance changed the samples drawn from the same noise
+    same = model.generate(12, seed=0, sampler="dpmpp_2m", num_steps=3, labels=np.repeat(np.arange(3), 4),
+                          guidance_scale=0.0)
+    np.testing.assert_array_equal(left.reshape(12, 8, 8, 1), same)

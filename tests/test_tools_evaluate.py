@@ -148,3 +148,23 @@ def test_image_model_report(tmp_path):
     # The classifier is required for images, and that is known before sampling.
     with pytest.raises(ValueError, match="Received: --classifier=None"):
         tool.evaluate(**{**args, "classifier": None})
+
+
+def test_conditional_image_model_reports_requested_label_accuracy(tmp_path):
+    """Labels cycle 0..9, so with N a multiple of 10 the overall accuracy is the mean of the per-class ones."""
+    if data.default_mnist_dir() is None:
+        pytest.skip("MNIST IDX files not found")
+    keras.utils.set_random_seed(0)
+    network = tfd.layers.SeedUNet(channels=(8, 16), initial_channels=8, time_embedding_dim=16, time_mlp_width=32,
+                                  num_classes=10)
+    model = tfd.DiffusionModel(network, tfd.GaussianDiffusion(tfd.schedules.make_betas("cosine", 20)),
+                               prediction_type="x0")
+    model(tf.zeros((1, 28, 28, 1)), tf.zeros((1,), tf.int32))
+    model.save(tmp_path / "model.keras")
+    metrics.build_classifier().save(tmp_path / "classifier.keras")
+    report = load_tool().evaluate(model=str(tmp_path / "model.keras"), classifier=str(tmp_path / "classifier.keras"),
+                                  num_samples=20, batch_size=20, num_steps=2, guidance_scale=1.0,
+                                  reference_num_images=50, kid_subsets=2, output=str(tmp_path / "report.json"))
+    per_class = report["requested_label_accuracy_per_class"]
+    assert len(per_class) == 10 and all(0.0 <= v <= 1.0 for v in per_class)
+    assert report["requested_label_accuracy"] == pytest.approx(np.mean(per_class))

@@ -392,6 +392,22 @@ def label_histogram(logits, num_classes=10):
     return np.bincount(np.argmax(logits, axis=1), minlength=num_classes) / len(logits)
 
 
+def requested_label_accuracy(logits, labels, num_classes=10):
+    """How often a conditional model drew the class it was asked for, as a classifier judges.
+
+    Returns (overall fraction, float64 [num_classes] per requested class; NaN for a class never requested).
+    """
+    logits = _as_logits(logits, num_classes)
+    labels = np.asarray(labels).reshape(-1)
+    if labels.shape[0] != logits.shape[0] or labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"labels must hold one class in [0, {num_classes}) per row of logits ({logits.shape[0]}). "
+                         f"Received: labels of shape {labels.shape} in [{labels.min()}, {labels.max()}]")
+    hits = np.argmax(logits, axis=1) == labels
+    counts = np.bincount(labels, minlength=num_classes)
+    per_class = np.bincount(labels, weights=hits, minlength=num_classes) / np.where(counts, counts, np.nan)
+    return float(np.mean(hits)), per_class
+
+
 # ============================================================================================
 # Likelihood: the variational bound in bits/dim
 # ============================================================================================

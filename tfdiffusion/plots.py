@@ -189,11 +189,11 @@ def read_loss_csv(path):
     return np.array(epochs), np.array([by_epoch[e] for e in epochs])
 
 
-def save_loss_curve(curves, path, *, xlabel="step"):
-    """Loss curves: {label: (x, loss)}."""
+def save_loss_curve(curves, path, *, xlabel="step", ylabel="loss", title="training loss"):
+    """Curves on a log y axis: {label: (x, y)} (losses, or FID against training time)."""
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
     for label, (x, loss) in curves.items():
         ax.plot(x, loss, marker="." if len(x) < 50 else None, label=label)
-    ax.set(xlabel=xlabel, ylabel="loss", yscale="log", title="training loss")
+    ax.set(xlabel=xlabel, ylabel=ylabel, yscale="log", title=title)
     ax.legend()
     return _save(fig, path)

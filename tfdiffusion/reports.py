@@ -9,7 +9,7 @@ import numpy as np
 from tfdiffusion import data as data_lib
 from tfdiffusion import plots, schedules
 
-FIGURES = ("schedules", "forward", "trajectory", "vector_field", "loss", "samples")
+FIGURES = ("schedules", "forward", "trajectory", "vector_field", "loss", "samples", "guidance")
 
 
 def load_workdir(workdir):
@@ -89,7 +89,29 @@ def write_figures(workdir, output_dir, figures=FIGURES, seed=0):
                                  guidance_scale=None if labels is None else config["sample"]["guidance_scale"])
         written["samples"] = plots.save_samples(samples, out("samples"), reference=reference, labels=labels,
                                                 title=f"{name}: DDPM, {model.diffusion.num_timesteps} steps")
+    if "guidance" in figures and not toy and model.num_classes is not None:
+        written["guidance"] = guidance_figure(model, out("guidance"), (0.0, config["sample"]["guidance_scale"] or 3.0),
+                                              sampler=config["sample"]["sampler"],
+                                              num_steps=config["sample"]["num_steps"] or None, seed=seed)
     return written
+
+
+def guidance_figure(model, path, scales, *, per_class=8, sampler="dpmpp_2m", num_steps=20, seed=0):
+    """One row per class, `per_class` samples each, for every guidance scale side by side (same noise)."""
+    labels = np.repeat(np.arange(model.num_classes), per_class)
+    panels = [model.generate(len(labels), seed=seed, sampler=sampler, num_steps=num_steps, labels=labels,
+                             guidance_scale=scale) for scale in scales]
+    blank = np.ones((1,) + panels[0].shape[1:], np.float32)
+    # Grid rows are classes; each row holds the class's samples at every scale, a blank cell between.
+    cells = []
+    for c in range(model.num_classes):
+        for index, panel in enumerate(panels):
+            cells += ([blank] if index else []) + [panel[c * per_class:(c + 1) * per_class]]
+    columns = len(scales) * per_class + len(scales) - 1
+    steps = num_steps or model.diffusion.num_timesteps
+    return plots.save_image_grid(np.concatenate(cells), path, columns=columns,
+                                 labels=np.repeat(np.arange(model.num_classes), columns),
+                                 title="   |   ".join(f"w = {scale:g}" for scale in scales) + f"  ({sampler}, {steps} steps)")
 
 
 def _spread(num_timesteps, count):

@@ -162,6 +162,15 @@ class SavedModelSampler:
         return out["samples"].numpy()
 
 
+def requested_labels(sample_fn, num_samples):
+    """The labels a conditional Keras model was asked for (they cycle 0..K−1), else None."""
+    import numpy as np
+
+    if isinstance(sample_fn, KerasSampler) and sample_fn.num_classes is not None:
+        return np.arange(num_samples) % sample_fn.num_classes
+    return None
+
+
 def draw_samples(sample_fn, num_samples, batch_size, seed, verbose=True):
     import keras
     import numpy as np
@@ -217,7 +226,7 @@ def reference_images(dataset, split, idx_dir, limit):
 
 # -- evaluation ------------------------------------------------------------------------------------
 def evaluate_images(samples, dataset, *, classifier_path, reference_split, idx_dir, reference_limit, kid_subsets,
-                    kid_subset_size, seed):
+                    kid_subset_size, seed, requested_labels=None):
     import keras
 
     from tfdiffusion import metrics
@@ -241,7 +250,11 @@ def evaluate_images(samples, dataset, *, classifier_path, reference_split, idx_d
     kid_mean, kid_std = metrics.kernel_inception_distance(features, reference["features"], num_subsets=kid_subsets,
                                                           subset_size=subset_size, seed=seed)
     num_classes = logits.shape[1]
-    return {
+    report = {}
+    if requested_labels is not None:
+        overall, per_class = metrics.requested_label_accuracy(logits, requested_labels, num_classes)
+        report = {"requested_label_accuracy": overall, "requested_label_accuracy_per_class": per_class.tolist()}
+    return report | {
         "fid": metrics.frechet_distance_from_statistics(*metrics.feature_statistics(features), reference["mu"],
                                                         reference["sigma"]),
         "kid_mean": kid_mean,
@@ -357,7 +370,8 @@ def evaluate(*, model=None, saved_model=None, classifier=None, dataset="auto", i
     else:
         metrics_report = evaluate_images(samples, dataset, classifier_path=classifier, reference_split=reference_split,
                                          idx_dir=idx_dir, reference_limit=reference_num_images,
-                                         kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed)
+                                         kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed,
+                                         requested_labels=requested_labels(sample_fn, num_samples))
         plots.save_image_grid(samples[:64], picture, title=title)
     report.update(metrics_report)
     report.update({"sampling_seconds": sampling_seconds, "seconds": time.time() - start, "picture": picture})
