@@ -608,3 +608,15 @@ def test_random_requests_succeed_or_name_the_argument(loaded_cond, models):
 
     request()
     assert outcomes["ok"] >= 5 and outcomes["rejected"] >= 100 and sum(outcomes.values()) >= 200, outcomes
+
+
+def test_bfloat16_export_serves_close_to_float32(models, tmp_path):
+    """`tools/export.py --compute_dtype=bfloat16`: same signatures, samples within bf16 rounding of float32."""
+    model = models["uncond"]
+    path = export.export_sampler(model.with_dtype_policy("mixed_bfloat16"), tmp_path / "1")
+    loaded = tf.saved_model.load(str(path))
+    body = GOOD["uncond"]["dpmpp_2m"]
+    served = _call(loaded.signatures["sample"], body)["samples"].numpy()
+    reference = _generate(model, body["inputs"])
+    assert served.dtype == np.float32 and served.shape == reference.shape
+    assert 0 < np.abs(served - reference).max() < 0.1

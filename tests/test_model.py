@@ -251,3 +251,27 @@ def test_toy_metrics_separate_trained_from_untrained(trained_moons):
     trained_ks = metrics.ks_statistic_1d(model.generate(2000, seed=1)[:, 0], held_out[:, 0])
     untrained_ks = metrics.ks_statistic_1d(untrained.generate(2000, seed=1)[:, 0], held_out[:, 0])
     assert trained_ks < 0.5 * untrained_ks, (trained_ks, untrained_ks)
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_bfloat16_inference_copy_keeps_weights_and_tracks_float32(conditional):
+    keras.utils.set_random_seed(3)
+    model = built_model(tiny_unet(num_classes=3 if conditional else None), prediction_type="x0")
+    copy = model.with_dtype_policy("mixed_bfloat16")
+    assert copy.network.compute_dtype == "bfloat16" and model.network.compute_dtype == "float32"
+    for ours, theirs in zip(model.network.weights, copy.network.weights):
+        assert theirs.dtype == "float32"
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    x = tf.random.stateless_normal((4, 8, 8, 1), [0, 7])
+    t = tf.constant([0, 5, 10, 19])
+    labels = tf.constant([0, 1, 2, 3]) if conditional else None
+    full, reduced = model.predict_eps(x, t, labels).numpy(), copy.predict_eps(x, t, labels).numpy()
+    assert reduced.dtype == np.float32
+    # bfloat16 keeps 8 bits of mantissa: relative error of order 2^-8 per op, a few % at most.
+    assert 0 < np.abs(reduced - full).max() < 0.05 * np.abs(full).max()
+    kwargs = {"labels": [0, 1, 2, 3], "guidance_scale": 1.0} if conditional else {}
+    samples = copy.generate(4, seed=1, sampler="dpmpp_2m", num_steps=5, **kwargs)
+    np.testing.assert_allclose(samples, model.generate(4, seed=1, sampler="dpmpp_2m", num_steps=5, **kwargs), atol=0.1)
+    assert keras.mixed_precision.global_policy().name == "float32"  # the copy did not change the global policy
+    with pytest.raises(ValueError, match="Received: dtype_policy='float16'"):
+        model.with_dtype_policy("float16")

@@ -153,6 +153,28 @@ class DiffusionModel(keras.Model):
         config["network"] = keras.saving.deserialize_keras_object(config["network"])
         return cls(**config)
 
+    def with_dtype_policy(self, dtype_policy):
+        """A copy for inference whose network computes under `dtype_policy` (e.g. "mixed_bfloat16").
+
+        The copy shares nothing with this model: its float32 weights are copied, its outputs are
+        cast to float32 and the sampler's coefficient arithmetic stays in float32/float64.
+        """
+        if self.data_shape is None:
+            raise ValueError("The model is not built: train it or call it on data before copying it.")
+        policy = keras.dtype_policies.get(dtype_policy)
+        if policy.variable_dtype != "float32":
+            raise ValueError(f"dtype_policy must keep float32 variables, e.g. 'mixed_bfloat16'. "
+                             f"Received: dtype_policy={dtype_policy!r}")
+        network_config = keras.saving.serialize_keras_object(self.network)
+        network_config["config"]["dtype"] = policy.name
+        config = self.get_config()
+        config["network"] = network_config
+        copy = type(self).from_config(config)
+        batch = (1,) + tuple(self.data_shape)
+        copy(tf.zeros(batch), tf.zeros((1,), tf.int32), None if self.num_classes is None else tf.zeros((1,), tf.int32))
+        copy.network.set_weights(self.network.get_weights())
+        return copy
+
     # -- the objective -----------------------------------------------------------------------
     def predict_eps(self, x_t, t, labels=None):
         """ε̂(x_t, t) from the network, whatever its prediction type (the one conversion point)."""

@@ -21,6 +21,9 @@ flags.DEFINE_integer("version", None, "Version to write (default: one more than 
 flags.DEFINE_string("serving_base", None, "Where the server sees --export_base (e.g. /models in Docker); "
                     "used for models.config's base_path. Default: the absolute --export_base.")
 flags.DEFINE_integer("max_num_samples", None, "Reject requests with more samples than this (default: no bound).")
+flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"],
+                  "The network's compute dtype in the export; weights stay float32 (bfloat16 = mixed_bfloat16; "
+                  "slower than float32 on CPUs without AMX, see docs/BENCHMARKS.md).")
 flags.mark_flags_as_required(["workdir", "export_base"])
 
 
@@ -61,6 +64,8 @@ def main(argv):
     from tfdiffusion import export
 
     model = keras.saving.load_model(model_path, compile=False)
+    if FLAGS.compute_dtype == "bfloat16":
+        model = model.with_dtype_policy("mixed_bfloat16")
     try:
         path = export.export_for_serving(model, FLAGS.export_base, name, FLAGS.version,
                                          serving_base=FLAGS.serving_base, max_num_samples=FLAGS.max_num_samples)
