@@ -53,7 +53,9 @@ import datetime
 import math
 import os
 import platform
+import shutil
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -271,6 +273,9 @@ def parse_args(argv=None):
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--precision", choices=PRECISIONS, default="float32")
     parser.add_argument("--compile", type=int, choices=(0, 1), default=0, help="torch.compile forward + loss")
+    parser.add_argument("--compile_cache", choices=("fresh", "shared"), default="fresh",
+                        help="with --compile=1: 'fresh' compiles into a new temporary Inductor cache (a cold "
+                             "compile, like XLA's), 'shared' uses the usual one (TORCHINDUCTOR_CACHE_DIR)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch.set_num_threads (0: the CPUs this process may use)")
     parser.add_argument("--warmup_steps", type=int, default=5)
@@ -305,6 +310,18 @@ def _short_error(error, limit=2000):
 
 
 def run(args):
+    cache_dir = None
+    if args.compile and args.compile_cache == "fresh":
+        cache_dir = tempfile.mkdtemp(prefix="peers_torch_inductor_")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir  # read by Inductor when it first compiles
+    try:
+        return _run(args)
+    finally:
+        if cache_dir:
+            shutil.rmtree(cache_dir, ignore_errors=True)
+
+
+def _run(args):
     threads = args.threads or common.num_cores()
     torch.set_num_threads(threads)
     torch.manual_seed(args.seed)
@@ -347,6 +364,7 @@ def run(args):
             "framework": "pytorch", "torch_compile": compiled, "channels_last": True, "adam_impl": args.adam_impl}
     if args.compile:
         base["torch_compile_requested"] = True
+        base["compile_cache"] = args.compile_cache
     if compile_error:
         base["compile_error"] = compile_error
 

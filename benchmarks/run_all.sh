@@ -66,6 +66,16 @@ run "${TRAIN[@]}" --network=seed_unet        --precision=float32        --jit_co
 run "${TRAIN[@]}" --network=plain_keras_port --precision=float32        --jit_compile=1
 run "${TRAIN[@]}" --network=seed_unet        --precision=mixed_bfloat16 --jit_compile=0
 run "${TRAIN[@]}" --network=plain_keras_port --precision=mixed_bfloat16 --jit_compile=0
+# The PyTorch port (needs `pip install torch`; skipped without it): eager fp32 and bf16 autocast, compiled bf16.
+if python -c "import torch" 2>/dev/null; then
+  TORCH=(benchmarks/peers_torch.py --batch_size=64 --warmup_steps="$WARMUP_STEPS" --timed_steps="$TIMED_STEPS"
+         --extra_repeats="${EXTRA_REPEATS:-2}")
+  run "${TORCH[@]}" --precision=float32       --compile=0
+  run "${TORCH[@]}" --precision=bf16_autocast --compile=0
+  run "${TORCH[@]}" --precision=bf16_autocast --compile=1
+else
+  echo "PyTorch not installed: the PyTorch peer rows are skipped" >&2
+fi
 # The configs' other networks (README's network table), fp32 graph mode; CIFAR-10's UNet takes seconds a step.
 run "${TRAIN[@]}" --config=configs/fashion_mnist.py --precision=float32 --jit_compile=0
 run "${TRAIN[@]}" --config=configs/mnist_dit.py     --precision=float32 --jit_compile=0

@@ -73,6 +73,23 @@ def metrics(records):
     if fp32 and bf16:
         add("seed_unet mixed_bfloat16 / float32 images/s", bf16["images_per_s"] / fp32["images_per_s"], None, None,
             fp32["contended"] or bf16["contended"])
+    # The PyTorch port (benchmarks/peers_torch.py): eager and torch.compile, fp32 and bf16 autocast.
+    torch_runs = {}
+    for precision in ("float32", "bf16_autocast"):
+        for compiled in (False, True):
+            peer = _last(train, network="pytorch_port", precision=precision, torch_compile=compiled)
+            if peer:
+                torch_runs[precision, compiled] = peer
+                add(f"pytorch_port train images/s ({precision}{', torch.compile' if compiled else ''})",
+                    peer["images_per_s"], None, None, peer["contended"])
+    for ours, precision, target in ((fp32, "float32", 1.0), (bf16, "bf16_autocast", 1.15)):
+        peers = [r for (p, _), r in torch_runs.items() if p == precision]
+        if ours and peers:
+            best = max(peers, key=lambda r: r["images_per_s"])
+            ratio = ours["images_per_s"] / best["images_per_s"]
+            add(f"seed_unet {ours['precision']} / fastest pytorch_port {precision}"
+                f"{' (torch.compile)' if best['torch_compile'] else ' (eager)'}", ratio, f">= {target}",
+                ratio >= target, ours["contended"] or best["contended"])
     seed_runs = [r for r in train if r["network"] == "seed_unet"]
     if seed_runs:
         worst = max(seed_runs, key=lambda r: r["peak_rss_mb"])
