@@ -416,3 +416,14 @@ def append_markdown_row(table_name, row, command, path=DEFAULT_MARKDOWN, info=No
         f.write("\n".join(lines) + "\n")
         f.truncate()
     return path
+
+
+def load_config(path):
+    """The ConfigDict of a config file, as `--config=path[:variant]` gives it to tools/train.py."""
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+
+    holder = flags.FlagValues()
+    config = config_flags.DEFINE_config_file("config", flag_values=holder)
+    holder(["benchmark", f"--config={path}"])
+    return config.value

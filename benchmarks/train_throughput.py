@@ -34,7 +34,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402  pylint: disable=wrong-import-position
-from absl import flags  # noqa: E402  pylint: disable=wrong-import-position
 
 NETWORKS = ("seed_unet", "plain_keras_port", "unet", "dit")
 IMAGE_SHAPE = (28, 28, 1)
@@ -67,7 +66,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     args.image_shape = IMAGE_SHAPE
     if args.config:
-        args.training_config = load_config(args.config)
+        args.training_config = common.load_config(args.config)
         args.network = f"{args.training_config.network} ({os.path.basename(args.config)})"
         args.image_shape = CONFIG_IMAGE_SHAPES.get(args.training_config.data.name)
         if args.image_shape is None:
@@ -79,16 +78,6 @@ def parse_args(argv=None):
     if args.warmup_steps < 0 or args.extra_repeats < 0:
         parser.error("--warmup_steps and --extra_repeats must be >= 0")
     return args
-
-
-def load_config(path):
-    """The ConfigDict of a config file, as `--config=path[:variant]` gives it to tools/train.py."""
-    from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
-
-    holder = flags.FlagValues()
-    config = config_flags.DEFINE_config_file("config", flag_values=holder)
-    holder(["benchmark", f"--config={path}"])
-    return config.value
 
 
 def _round_up(steps, multiple):
