@@ -6,7 +6,8 @@
 #   SMOKE=1 bash benchmarks/run_all.sh               # tiny counts, rows → /tmp (checks the plumbing only)
 #   DRY_RUN=1 bash benchmarks/run_all.sh             # print the commands
 #
-# Environment: MARKDOWN (results file), OUT (JSON lines of this run), REPEATS (3),
+# Environment: MARKDOWN (results file), OUT (JSON lines of this run), REPEATS (3), XLA (1: also the
+# jit_compile=True rows), TORCH_COMPILE (1: also the torch.compile row), SAMPLERS ("ddpm ddim dpmpp_2m"),
 # TIMED_STEPS (30), WARMUP_STEPS (5), MAX_WAIT_IDLE_S (0: seconds to wait for a quiet machine
 # before each timed section), EXTRA_REPEATS (2 for training, 1 for sampling by default).
 # Every variant runs in its own process (clean peak RSS, compile time and graph caches);
@@ -62,8 +63,10 @@ SECONDS=0
 # Training throughput: fp32 graph mode (the default on CPU), XLA, mixed_bfloat16.
 run "${TRAIN[@]}" --network=seed_unet        --precision=float32        --jit_compile=0
 run "${TRAIN[@]}" --network=plain_keras_port --precision=float32        --jit_compile=0
-run "${TRAIN[@]}" --network=seed_unet        --precision=float32        --jit_compile=1
-run "${TRAIN[@]}" --network=plain_keras_port --precision=float32        --jit_compile=1
+if [[ "${XLA:-1}" == 1 ]]; then
+  run "${TRAIN[@]}" --network=seed_unet        --precision=float32        --jit_compile=1
+  run "${TRAIN[@]}" --network=plain_keras_port --precision=float32        --jit_compile=1
+fi
 run "${TRAIN[@]}" --network=seed_unet        --precision=mixed_bfloat16 --jit_compile=0
 run "${TRAIN[@]}" --network=plain_keras_port --precision=mixed_bfloat16 --jit_compile=0
 # The PyTorch port (needs `pip install torch`; skipped without it): eager fp32 and bf16 autocast, compiled bf16.
@@ -72,7 +75,7 @@ if python -c "import torch" 2>/dev/null; then
          --extra_repeats="${EXTRA_REPEATS:-2}")
   run "${TORCH[@]}" --precision=float32       --compile=0
   run "${TORCH[@]}" --precision=bf16_autocast --compile=0
-  run "${TORCH[@]}" --precision=bf16_autocast --compile=1
+  [[ "${TORCH_COMPILE:-1}" == 1 ]] && run "${TORCH[@]}" --precision=bf16_autocast --compile=1
 else
   echo "PyTorch not installed: the PyTorch peer rows are skipped" >&2
 fi
@@ -81,14 +84,15 @@ run "${TRAIN[@]}" --config=configs/fashion_mnist.py --precision=float32 --jit_co
 run "${TRAIN[@]}" --config=configs/mnist_dit.py     --precision=float32 --jit_compile=0
 run "${TRAIN[@]}" --config=configs/cifar10.py       --precision=float32 --jit_compile=0 --timed_steps=4 --warmup_steps=1 --extra_repeats=0
 # Sampling, 16 images: in-process generate, the exported signature, the eager Python loop.
-run "${SAMPLE[@]}" --sampler=ddpm     --num_steps="$DDPM_STEPS"
-run "${SAMPLE[@]}" --sampler=ddim     --num_steps="$DDIM_STEPS"
-run "${SAMPLE[@]}" --sampler=dpmpp_2m --num_steps="$DPM_STEPS"
+declare -A SAMPLER_STEPS=([ddpm]=$DDPM_STEPS [ddim]=$DDIM_STEPS [dpmpp_2m]=$DPM_STEPS)
+for sampler in ${SAMPLERS:-ddpm ddim dpmpp_2m}; do
+  run "${SAMPLE[@]}" --sampler="$sampler" --num_steps="${SAMPLER_STEPS[$sampler]}"
+done
 
 if [[ "${DRY_RUN:-0}" != 1 ]]; then
   echo "[$(date -u +%H:%M:%S)] summary of this run (${SECONDS} s):" >&2
   python benchmarks/summarize_run.py --jsonl="$OUT" --markdown="$MARKDOWN" \
-    --command="MARKDOWN=$MARKDOWN REPEATS=$REPEATS TIMED_STEPS=$TIMED_STEPS WARMUP_STEPS=$WARMUP_STEPS bash benchmarks/run_all.sh" \
+    --command="MARKDOWN=$MARKDOWN REPEATS=$REPEATS TIMED_STEPS=$TIMED_STEPS WARMUP_STEPS=$WARMUP_STEPS XLA=${XLA:-1} TORCH_COMPILE=${TORCH_COMPILE:-1} SAMPLERS='${SAMPLERS:-ddpm ddim dpmpp_2m}' bash benchmarks/run_all.sh" \
     >>"$OUT" || failures=$((failures + 1))
 fi
 [[ $failures -eq 0 ]] || { echo "$failures benchmark(s) failed" >&2; exit 1; }

@@ -31,7 +31,7 @@ def get_config(variant=None):
     config.data.update({"name": "mnist", "batch_size": 64})
     config.optimizer.update({"learning_rate": 5e-4, "warmup_steps": 200, "clipnorm": 1.0, "use_ema": True,
                              "ema_momentum": 0.999})
-    config.train.update({"steps": 4000, "checkpoint_every": 500, "log_every": 100, "keep_checkpoints": 8})
+    config.train.update({"steps": 2000, "checkpoint_every": 500, "log_every": 100, "keep_checkpoints": 8})
     config.sample.update({"num_samples": 20, "sampler": "dpmpp_2m", "num_steps": 20, "guidance_scale": 3.0})
     if variant == "tiny":
         config.model.update({"channels": (8, 16, 32), "initial_channels": 8, "time_embedding_dim": 16,

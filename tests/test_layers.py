@@ -98,6 +98,17 @@ def test_timestep_embedding_shapes_and_null_label():
     assert layer.count_params() == (16 * 24 + 24) + (24 * 24 + 24) + (24 * 16 + 16) + 6 * 16
 
 
+def test_class_signal_starts_as_strong_as_the_time_signal():
+    """Class rows start N(0, 1), norm ≈ √D, the time embedding's order of magnitude (not Keras' U(±0.05))."""
+    keras.utils.set_random_seed(0)
+    dim = 64
+    layer = TimestepEmbedding(dim, mlp_width=256, mlp_depth=2, num_classes=10)
+    time_norms = np.linalg.norm(_np(layer(np.arange(0, 400, 40, dtype=np.int32))), axis=1)
+    class_norms = np.linalg.norm(_np(layer.class_embedding.embeddings), axis=1)
+    assert np.all(np.abs(class_norms / np.sqrt(dim) - 1.0) < 0.3)
+    assert class_norms.mean() > 0.5 * time_norms.mean()
+
+
 def test_timestep_embedding_depth_zero_is_one_dense():
     layer = TimestepEmbedding(8, mlp_depth=0)
     assert _np(layer(np.arange(4))).shape == (4, 8)
