@@ -8,11 +8,10 @@ The network is the DDPM CIFAR-10 U-Net at half width: base 64, channel_mult (1, 
 0.1, GroupNorm(32). Labels are replaced by the null class with probability 0.1 (classifier-free
 guidance); samples.png shows two DPM-Solver++(2M) 25-step samples per class at guidance scale 3.
 
-Run time: 13.7 s per step of 64 images (graph mode + oneDNN, float32; the first step adds ~55 s
-of tracing), measured on this 2-core CPU while other jobs shared it (load ≈ 6; `mnist.py`'s
-SeedUNet took 1.5 s/step in the same conditions against 0.6 s idle, so an idle machine is about
-2.5× faster). The 100k steps (150–380 h here) are therefore GPU work: `train.jit_compile="auto"`
-uses XLA there, and `--config.train.mixed_precision=mixed_bfloat16` halves activation memory.
+Run time: 5.1 s per step of 64 images (12.5 images/s, graph mode + oneDNN, float32; the first
+step adds ~45 s of graph building; measured with `python benchmarks/train_throughput.py
+--config=configs/cifar10.py`, 2026-11-23, on this 2-core CPU). The 100k steps (≈ 6 days here) are
+therefore GPU work: `train.jit_compile="auto"` uses XLA there, and `--config.train.mixed_precision=mixed_bfloat16` halves activation memory.
 It was not trained here beyond the 4-step tiny run, so nothing below is measured. Expected, by
 analogy with DDPM / improved DDPM at this size: blurry class-coloured blobs after a few thousand
 steps, and recognisable objects of the requested classes (EMA weights, guidance 3) after the full

@@ -5,7 +5,7 @@ present, else downloads through TFDS):
     python tools/train.py --config=configs/mnist_cfg.py --workdir=/tmp/mnist_cfg
 
 The network is `mnist.py`'s SeedUNet (2,020,353 params) with `num_classes=10`: a class embedding
-with an extra null row (2,023,169 params) added to the time embedding. Training replaces each label
+with an extra null row (2,021,057 params) added to the time embedding. Training replaces each label
 by the null class with probability 0.1 (`objective.label_dropout`); sampling mixes the conditional
 and unconditional predictions with guidance scale w = 3 (ε̃ = (1 + w)·ε_y − w·ε_∅, Ho & Salimans
 2022), both halves in one batched network call. The SeedUNet is about 2.5× cheaper per step here

@@ -9,10 +9,9 @@ ratio 4, fixed 2-D sin-cos positions; unconditional. Min-SNR-5 weighting (Hang e
 there because it speeds up transformer diffusion training markedly; Adam 3e-4 with 500 warm-up
 steps and gradient clipping at 1, EMA 0.999.
 
-Run time: 0.64 s per step of 64 images (graph mode + oneDNN, float32), measured on this 2-core CPU
-while other jobs shared it (load ≈ 6; `mnist.py`'s SeedUNet took 1.5 s/step in the same conditions
-against 0.6 s idle, so an idle machine is about 2.5× faster); the 10k steps take about 1.8 h at
-that rate (≈ 45 min idle). It was not trained here beyond the 4-step tiny run. Expected after the
+Run time: 0.28 s per step of 64 images (231 images/s, graph mode + oneDNN, float32; measured with
+`python benchmarks/train_throughput.py --config=configs/mnist_dit.py`, 2026-11-23, on this 2-core
+CPU), so the 10k steps take about 47 minutes. It was not trained here beyond the 4-step tiny run. Expected after the
 full run (not measured): 16 DPM-Solver++(2M) 25-step samples that look like digits; faint artefacts
 along the 4-pixel patch grid are typical of an undertrained DiT.
 `--config=configs/mnist_dit.py:tiny` is a 4-step run of a one-block DiT of width 16 with 7×7
