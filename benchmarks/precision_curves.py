@@ -90,7 +90,7 @@ def main(argv=None):
     if args.markdown:
         row = {"date": info["date"][:16].replace("T", " "), "config": args.config, "steps": args.steps,
                "final loss fp32 / fp32 seed+1 / bf16": " / ".join(f"{v:.4f}" for v in record["final_losses"].values()),
-               "mean |bf16 − fp32| / fp32": bf16_gap, "mean |seed+1 − seed| / fp32": seed_gap,
+               "mean abs(bf16 − fp32) / fp32": bf16_gap, "mean abs(seed+1 − seed) / fp32": seed_gap,
                "bf16 within noise": record["within_noise"], "figure": os.path.relpath(figure, common.REPO_ROOT)}
         common.append_markdown_row("Loss curves, float32 vs mixed_bfloat16", row, record["command"],
                                    path=args.markdown, info=info)
