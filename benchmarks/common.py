@@ -427,3 +427,72 @@ def load_config(path):
     config = config_flags.DEFINE_config_file("config", flag_values=holder)
     holder(["benchmark", f"--config={path}"])
     return config.value
+
+
+def throughput_summary(base, summary, first, first_loss, *, batch_size, timed_steps, first_call_steps,
+                       warmup_steps, repeats, contention_threshold, rss_after_build_mb, command, info):
+    """Emits one JSON line per timed training repeat and returns the summary record (emitted too).
+
+    `summary` is `measure`'s result over repeats of `timed_steps` steps of `batch_size` images;
+    `first` the Timer of the first call (`first_call_steps` steps, compile included).
+    """
+    for index, run_record in enumerate(summary["runs"]):
+        run_record["images_per_s"] = timed_steps * batch_size / run_record["wall_s"]
+        run_record["images_per_cpu_s"] = (timed_steps * batch_size / run_record["cpu_self_s"]
+                                          if run_record["cpu_self_s"] else None)
+        emit_json({**base, "event": "repeat", "repeat": index, "timed_steps": timed_steps, **run_record})
+    rates = summarize(summary["runs"], "images_per_s")
+    per_cpu = summarize(summary["runs"], "images_per_cpu_s")
+    step_s = batch_size / rates["median_images_per_s"]
+    record = {
+        **base,
+        "event": "summary",
+        "warmup_steps": warmup_steps,
+        "timed_steps": timed_steps,
+        "repeats": repeats,
+        "first_call_s": first.wall_s,
+        "first_call_other_cpu_fraction": first.other_cpu_fraction,
+        "compile_s": max(0.0, first.wall_s - first_call_steps * step_s),
+        "images_per_s": rates["median_images_per_s"],
+        "images_per_s_min": rates["min_images_per_s"],
+        "images_per_s_max": rates["max_images_per_s"],
+        "images_per_cpu_s": per_cpu["median_images_per_cpu_s"],
+        "step_ms": 1000.0 * step_s,
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_after_build_mb": rss_after_build_mb,
+        "other_cpu_fraction": rates["median_other_cpu_fraction"],
+        "max_other_cpu_fraction": max((r["other_cpu_fraction"] or 0.0) for r in summary["runs"]),
+        "contended": rates["contended"],
+        "num_runs": rates["num_runs"],
+        "num_uncontended": rates["num_uncontended"],
+        "contention_threshold": contention_threshold,
+        "first_loss": first_loss,
+        "final_loss": summary["runs"][-1].get("loss"),
+        "command": command,
+        "machine": info,
+    }
+    emit_json(record)
+    return record
+
+
+def throughput_row(record, *, compiler, environment):
+    """The "Training throughput" table row of a `throughput_summary` record."""
+    return {
+        "date": record["machine"]["date"][:16].replace("T", " "),
+        "network": record["network"],
+        "params": f"{record['params']:,}",
+        "batch": record["batch_size"],
+        "precision": record["precision"],
+        "XLA": compiler,
+        "steps/exec": record["steps_per_execution"],
+        "compile s": record["compile_s"],
+        "images/s (median)": record["images_per_s"],
+        "min–max": f"{format_value(record['images_per_s_min'])}–{format_value(record['images_per_s_max'])}",
+        "peak RSS MiB": record["peak_rss_mb"],
+        "other CPU": record["other_cpu_fraction"],
+        "runs used": f"{record['num_uncontended'] if not record['contended'] else record['num_runs']}"
+                     f"/{record['num_runs']}",
+        "contended": record["contended"],
+        "environment": environment,
+    }
+

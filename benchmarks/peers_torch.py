@@ -360,7 +360,7 @@ def _run(args):
         train(args.warmup_steps)
 
     base = {"benchmark": "train_throughput", "network": NETWORK_NAME, "batch_size": args.batch_size,
-            "precision": args.precision, "jit_compile": False, "steps_per_execution": 1,
+            "precision": args.precision, "jit_compile": False, "steps_per_execution": 1, "params": params,
             "framework": "pytorch", "torch_compile": compiled, "channels_last": True, "adam_impl": args.adam_impl}
     if args.compile:
         base["torch_compile_requested"] = True
@@ -373,43 +373,11 @@ def _run(args):
 
     summary = common.measure(timed, args.repeats, threshold=args.contention_threshold,
                              extra_repeats=args.extra_repeats, max_wait_idle_s=args.max_wait_idle_s)
-    for index, run_record in enumerate(summary["runs"]):
-        run_record["images_per_s"] = args.timed_steps * args.batch_size / run_record["wall_s"]
-        run_record["images_per_cpu_s"] = (args.timed_steps * args.batch_size / run_record["cpu_self_s"]
-                                          if run_record["cpu_self_s"] else None)
-        common.emit_json({**base, "event": "repeat", "repeat": index, "timed_steps": args.timed_steps, **run_record})
-    rates = common.summarize(summary["runs"], "images_per_s")
-    per_cpu = common.summarize(summary["runs"], "images_per_cpu_s")
-    step_s = args.batch_size / rates["median_images_per_s"]
-    record = {
-        **base,
-        "event": "summary",
-        "params": params,
-        "warmup_steps": args.warmup_steps,
-        "timed_steps": args.timed_steps,
-        "repeats": args.repeats,
-        "first_call_s": first.wall_s,
-        "first_call_other_cpu_fraction": first.other_cpu_fraction,
-        "compile_s": max(0.0, first.wall_s - step_s),
-        "images_per_s": rates["median_images_per_s"],
-        "images_per_s_min": rates["min_images_per_s"],
-        "images_per_s_max": rates["max_images_per_s"],
-        "images_per_cpu_s": per_cpu["median_images_per_cpu_s"],
-        "step_ms": 1000.0 * step_s,
-        "peak_rss_mb": common.peak_rss_mb(),
-        "rss_after_build_mb": rss_before_training,
-        "other_cpu_fraction": rates["median_other_cpu_fraction"],
-        "max_other_cpu_fraction": max((r["other_cpu_fraction"] or 0.0) for r in summary["runs"]),
-        "contended": rates["contended"],
-        "num_runs": rates["num_runs"],
-        "num_uncontended": rates["num_uncontended"],
-        "contention_threshold": args.contention_threshold,
-        "first_loss": first_loss,
-        "final_loss": summary["runs"][-1].get("loss"),
-        "command": command,
-        "machine": info,
-    }
-    common.emit_json(record)
+    record = common.throughput_summary(
+        base, summary, first, first_loss, batch_size=args.batch_size, timed_steps=args.timed_steps,
+        first_call_steps=1, warmup_steps=args.warmup_steps, repeats=args.repeats,
+        contention_threshold=args.contention_threshold, rss_after_build_mb=rss_before_training, command=command,
+        info=info)
     if args.markdown:
         _ensure_markdown_header(args.markdown, info)
         if compiled:
@@ -418,25 +386,7 @@ def _run(args):
             compiler = "torch.compile failed, eager"
         else:
             compiler = False
-        row = {
-            "date": info["date"][:16].replace("T", " "),
-            "network": NETWORK_NAME,
-            "params": f"{params:,}",
-            "batch": args.batch_size,
-            "precision": args.precision,
-            "XLA": compiler,
-            "steps/exec": 1,
-            "compile s": record["compile_s"],
-            "images/s (median)": record["images_per_s"],
-            "min–max": f"{common.format_value(record['images_per_s_min'])}–"
-                       f"{common.format_value(record['images_per_s_max'])}",
-            "peak RSS MiB": record["peak_rss_mb"],
-            "other CPU": record["other_cpu_fraction"],
-            "runs used": f"{rates['num_uncontended'] if not rates['contended'] else rates['num_runs']}"
-                         f"/{rates['num_runs']}",
-            "contended": rates["contended"],
-            "environment": short_environment(info),
-        }
+        row = common.throughput_row(record, compiler=compiler, environment=short_environment(info))
         common.append_markdown_row("Training throughput", row, command, path=args.markdown, info=info)
     return record
 
