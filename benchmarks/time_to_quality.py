@@ -146,9 +146,12 @@ def run_recipe():
         points.append(point)
     if _OUTPUT.value:
         os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
-        with open(_OUTPUT.value, "w") as f:
+        # Written aside and renamed, so a failed run never replaces an earlier good curve.
+        partial = _OUTPUT.value + ".partial"
+        with open(partial, "w") as f:
             for record in [header] + points:
                 f.write(json.dumps(record, default=common._json_default) + "\n")
+        os.replace(partial, _OUTPUT.value)
 
 
 def read_curve(path):
