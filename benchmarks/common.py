@@ -267,6 +267,12 @@ def summarize(runs, value_key="wall_s"):
     }
 
 
+def enough_runs(runs, repeats, extra_repeats):
+    """Whether `repeats` runs were uncontended, or `repeats + extra_repeats` runs were made."""
+    clean = sum(not run["contended"] for run in runs)
+    return len(runs) >= repeats and (clean >= repeats or len(runs) >= repeats + extra_repeats)
+
+
 def measure(fn, repeats=3, *, threshold=DEFAULT_CONTENTION_THRESHOLD, extra_repeats=0, max_wait_idle_s=0.0):
     """Times `fn()` `repeats` times and summarises (see `summarize`).
 
@@ -275,10 +281,7 @@ def measure(fn, repeats=3, *, threshold=DEFAULT_CONTENTION_THRESHOLD, extra_repe
     returns a dict, its items are added to the run's record.
     """
     runs = []
-    while True:
-        clean = sum(not run["contended"] for run in runs)
-        if len(runs) >= repeats and (clean >= repeats or len(runs) >= repeats + extra_repeats):
-            break
+    while not enough_runs(runs, repeats, extra_repeats):
         wait_for_quiet(max_wait_idle_s, threshold)
         with Timer(threshold) as timer:
             extra = fn()

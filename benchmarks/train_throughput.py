@@ -7,10 +7,14 @@ Measures, in this order and in one process:
   1. the first `fit` call of `steps_per_execution` steps (tracing, graph optimisation and,
      with --jit_compile=1, XLA compilation): `first_call_s`, and `compile_s` = that minus
      the steady-state time of those steps;
-  2. `--warmup_steps` untimed steps;
-  3. `--repeats` timed `fit` calls of `--timed_steps` steps each (more, up to
-     `--extra_repeats`, while fewer than `--repeats` were uncontended): images/s per call,
-     the median over the uncontended calls, and the CPU other processes used meanwhile.
+  2. one more `fit`: `--warmup_steps` untimed steps, then `--repeats` timed blocks of
+     `--timed_steps` consecutive steps (more, up to `--extra_repeats`, while fewer than
+     `--repeats` were uncontended): images/s per block, the median over the uncontended
+     blocks, and the CPU other processes used meanwhile. The blocks run inside one `fit`
+     so that the per-`fit` setup (about a second here) stays out of the steady state.
+     Each block also records the median, min and max wall time of one execution
+     (`execution_s_*`): a uniformly slow block means the process got less CPU, one long
+     execution means it waited.
 Peak RSS is the process's high-water mark at the end (so run one network per process).
 
 Data: random images in [−1, 1], `--cache_batches` distinct batches held in memory by a
@@ -28,7 +32,9 @@ them, unet (`layers.UNet()`) and dit (`layers.DiT()`), all on 28×28×1 with T =
 
 import argparse
 import os
+import statistics
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -139,6 +145,58 @@ def make_dataset(batch_size, cache_batches, image_shape=IMAGE_SHAPE, seed=0):
     return base.repeat().prefetch(tf.data.AUTOTUNE)
 
 
+def _timed_repeats_callback():
+    import keras  # pylint: disable=import-outside-toplevel
+
+    class TimedRepeats(keras.callbacks.Callback):
+        """Times consecutive blocks of `block_executions` executions inside one `fit`.
+
+        After `warmup_executions` untimed executions, each block is one repeat: a
+        `common.Timer` record plus the median/min/max wall time of one execution (a uniformly
+        slow block means the process got less CPU; one long execution means it waited).
+        Training stops once `common.enough_runs` holds. One `fit` for all repeats keeps the
+        per-`fit` setup (iterator, callbacks; about a second here) out of the steady state.
+        """
+
+        def __init__(self, warmup_executions, block_executions, repeats, extra_repeats, threshold, max_wait_idle_s):
+            super().__init__()
+            self.warmup_executions = warmup_executions
+            self.block_executions = block_executions
+            self.repeats = repeats
+            self.extra_repeats = extra_repeats
+            self.threshold = threshold
+            self.max_wait_idle_s = max_wait_idle_s
+            self.runs = []
+
+        def on_train_begin(self, logs=None):
+            self.runs, self._executions, self._timer, self._times = [], 0, None, []
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if self._timer is None and self._executions >= self.warmup_executions:
+                common.wait_for_quiet(self.max_wait_idle_s, self.threshold)
+                self._timer, self._times = common.Timer(self.threshold).__enter__(), []
+            self._start = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self._executions += 1
+            if self._timer is None:
+                return
+            self._times.append(time.perf_counter() - self._start)
+            if len(self._times) < self.block_executions:
+                return
+            self._timer.__exit__(None, None, None)
+            record = self._timer.record()
+            record.update(loss=float((logs or {}).get("loss", float("nan"))),
+                          execution_s_median=statistics.median(self._times),
+                          execution_s_min=min(self._times), execution_s_max=max(self._times))
+            self.runs.append(record)
+            self._timer = None
+            if common.enough_runs(self.runs, self.repeats, self.extra_repeats):
+                self.model.stop_training = True
+
+    return TimedRepeats
+
+
 def run(args):
     import keras  # pylint: disable=import-outside-toplevel
 
@@ -154,25 +212,24 @@ def run(args):
     dataset = make_dataset(args.batch_size, args.cache_batches, args.image_shape)
     rss_before_training = common.peak_rss_mb()
 
-    def fit(steps):
-        history = model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
+    def fit(steps, callbacks=()):
+        history = model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False,
+                            callbacks=list(callbacks))
         return float(history.history["loss"][-1])
 
     with common.Timer(args.contention_threshold) as first:
         first_loss = fit(k)
-    if warmup_steps:
-        fit(warmup_steps)
 
     base = {"benchmark": "train_throughput", "network": args.network, "batch_size": args.batch_size,
             "precision": args.precision, "jit_compile": bool(args.jit_compile), "steps_per_execution": k,
             "params": params}
 
-    def timed():
-        loss = fit(timed_steps)
-        return {"loss": loss}
-
-    summary = common.measure(timed, args.repeats, threshold=args.contention_threshold,
-                             extra_repeats=args.extra_repeats, max_wait_idle_s=args.max_wait_idle_s)
+    timed_repeats = _timed_repeats_callback()(
+        warmup_executions=warmup_steps // k, block_executions=timed_steps // k, repeats=args.repeats,
+        extra_repeats=args.extra_repeats, threshold=args.contention_threshold, max_wait_idle_s=args.max_wait_idle_s)
+    most_steps = warmup_steps + (args.repeats + args.extra_repeats) * timed_steps
+    fit(most_steps, [timed_repeats])
+    summary = common.summarize(timed_repeats.runs)
     record = common.throughput_summary(
         base, summary, first, first_loss, batch_size=args.batch_size, timed_steps=timed_steps, first_call_steps=k,
         warmup_steps=warmup_steps, repeats=args.repeats, contention_threshold=args.contention_threshold,
