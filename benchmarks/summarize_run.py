@@ -7,7 +7,8 @@ that only mean something within one run on one machine (tfdiffusion vs the plain
 under the same precision and XLA setting, bf16 vs fp32, DPM-Solver++ 20 steps vs DDPM 400,
 served vs in-process), compares them with the targets of issue 7, prints them as JSON lines
 and appends them to the "Run summary" table of --markdown ('' for none). A ratio built from
-a contended median is marked contended.
+a contended median is marked contended. Also prints issue 7's peer table as measured in this
+run, with tfdiffusion's rows added, for README.md and docs/BENCHMARKS.md.
 """
 
 import argparse
@@ -116,6 +117,44 @@ def metrics(records):
     return out
 
 
+PEER_ROWS = (  # (label, network, precision, XLA, torch.compile) in the order of issue 7's table
+    ("PyTorch port, eager, channels-last (`peers_torch.py`)", "pytorch_port", "float32", False, False),
+    ("PyTorch port, torch.compile", "pytorch_port", "float32", False, True),
+    ("plain Keras 3 port, graph mode + oneDNN, NHWC (`peers.py`)", "plain_keras_port", "float32", False, None),
+    ("the same port with `jit_compile=True`", "plain_keras_port", "float32", True, None),
+    ("PyTorch port with bf16 autocast, channels-last", "pytorch_port", "bf16_autocast", False, False),
+    ("PyTorch port with bf16 autocast, torch.compile", "pytorch_port", "bf16_autocast", False, True),
+    ("the plain Keras port under `mixed_bfloat16`", "plain_keras_port", "mixed_bfloat16", False, None),
+    ("**tfdiffusion** `SeedUNet`, float32, graph mode + oneDNN (the CPU default)", "seed_unet", "float32", False, None),
+    ("**tfdiffusion** `SeedUNet`, float32, `jit_compile=True`", "seed_unet", "float32", True, None),
+    ("**tfdiffusion** `SeedUNet`, `mixed_bfloat16`", "seed_unet", "mixed_bfloat16", False, None),
+)
+
+
+def peer_table(records):
+    """Issue 7's peer table as measured in this run (markdown lines; rows this run lacks are left out)."""
+    train = [r for r in records if r["benchmark"] == "train_throughput" and r["batch_size"] == 64
+             and r["steps_per_execution"] == 1]
+    ddpm = _last([r for r in records if r["benchmark"] == "sampling" and r["batch_size"] == 16],
+                 sampler="ddpm", num_steps=400)
+    lines = ["| implementation (this machine, one run) | train images/s | 16 images × 400 DDPM steps |",
+             "|---|---|---|"]
+    for label, network, precision, jit, compiled in PEER_ROWS:
+        match = {"network": network, "precision": precision, "jit_compile": jit}
+        if compiled is not None:
+            match["torch_compile"] = compiled
+        record = _last(train, **match)
+        if record is None:
+            continue
+        sampling = "—"
+        if ddpm and network == "seed_unet" and precision == "float32" and not jit:
+            sampling = (f"{common.format_value(ddpm['inprocess_s'])} s in-process, "
+                        f"{common.format_value(ddpm['served_s'])} s served (one `tf.while_loop`)")
+        rate = common.format_value(record["images_per_s"]) + (" (contended)" if record["contended"] else "")
+        lines.append(f"| {label} | {rate} | {sampling} |")
+    return lines
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jsonl", required=True, help="the JSON lines of one run")
@@ -144,6 +183,8 @@ def main(argv=None):
                 "contended": metric["contended"],
             }
             common.append_markdown_row("Run summary", row, args.command, path=args.markdown, info=info or None)
+    print("\nIssue 7's table from this run (for README.md and docs/BENCHMARKS.md):\n" + "\n".join(peer_table(records)),
+          file=sys.stderr)
 
 
 if __name__ == "__main__":
