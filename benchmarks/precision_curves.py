@@ -15,6 +15,7 @@ not larger than the second. Writes the figure `--figure` and a row of --markdown
 """
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -44,7 +45,9 @@ def run_config(args, precision, seed):
     config = common.load_config(args.config)
     config.seed = seed
     config.train.update({"steps": args.steps, "checkpoint_every": args.log_every, "log_every": args.log_every,
-                         "mixed_precision": precision, "verbose": False})
+                         "mixed_precision": precision, "verbose": False,
+                         # Each logged point ends a `fit` execution: it must divide --log_every.
+                         "steps_per_execution": math.gcd(config.train.steps_per_execution, args.log_every)})
     config.sample.update({"sampler": "ddim", "num_steps": min(10, config.diffusion.num_timesteps)})  # the PNG only
     if config.optimizer.warmup_steps >= args.steps:
         config.optimizer.warmup_steps = args.steps // 10

