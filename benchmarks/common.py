@@ -432,20 +432,20 @@ def load_config(path):
     return config.value
 
 
-def throughput_summary(base, summary, first, first_loss, *, batch_size, timed_steps, first_call_steps,
+def throughput_summary(base, runs, first, first_loss, *, batch_size, timed_steps, first_call_steps,
                        warmup_steps, repeats, contention_threshold, rss_after_build_mb, command, info):
     """Emits one JSON line per timed training repeat and returns the summary record (emitted too).
 
-    `summary` is `measure`'s result over repeats of `timed_steps` steps of `batch_size` images;
+    `runs` are the `Timer.record()`s of repeats of `timed_steps` steps of `batch_size` images;
     `first` the Timer of the first call (`first_call_steps` steps, compile included).
     """
-    for index, run_record in enumerate(summary["runs"]):
+    for index, run_record in enumerate(runs):
         run_record["images_per_s"] = timed_steps * batch_size / run_record["wall_s"]
         run_record["images_per_cpu_s"] = (timed_steps * batch_size / run_record["cpu_self_s"]
                                           if run_record["cpu_self_s"] else None)
         emit_json({**base, "event": "repeat", "repeat": index, "timed_steps": timed_steps, **run_record})
-    rates = summarize(summary["runs"], "images_per_s")
-    per_cpu = summarize(summary["runs"], "images_per_cpu_s")
+    rates = summarize(runs, "images_per_s")
+    per_cpu = summarize(runs, "images_per_cpu_s")
     step_s = batch_size / rates["median_images_per_s"]
     record = {
         **base,
@@ -464,13 +464,13 @@ def throughput_summary(base, summary, first, first_loss, *, batch_size, timed_st
         "peak_rss_mb": peak_rss_mb(),
         "rss_after_build_mb": rss_after_build_mb,
         "other_cpu_fraction": rates["median_other_cpu_fraction"],
-        "max_other_cpu_fraction": max((r["other_cpu_fraction"] or 0.0) for r in summary["runs"]),
+        "max_other_cpu_fraction": max((r["other_cpu_fraction"] or 0.0) for r in runs),
         "contended": rates["contended"],
         "num_runs": rates["num_runs"],
         "num_uncontended": rates["num_uncontended"],
         "contention_threshold": contention_threshold,
         "first_loss": first_loss,
-        "final_loss": summary["runs"][-1].get("loss"),
+        "final_loss": runs[-1].get("loss"),
         "command": command,
         "machine": info,
     }

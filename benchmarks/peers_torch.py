@@ -374,7 +374,7 @@ def _run(args):
     summary = common.measure(timed, args.repeats, threshold=args.contention_threshold,
                              extra_repeats=args.extra_repeats, max_wait_idle_s=args.max_wait_idle_s)
     record = common.throughput_summary(
-        base, summary, first, first_loss, batch_size=args.batch_size, timed_steps=args.timed_steps,
+        base, summary["runs"], first, first_loss, batch_size=args.batch_size, timed_steps=args.timed_steps,
         first_call_steps=1, warmup_steps=args.warmup_steps, repeats=args.repeats,
         contention_threshold=args.contention_threshold, rss_after_build_mb=rss_before_training, command=command,
         info=info)

@@ -42,6 +42,12 @@ def _last(records, **match):
     return found[-1] if found else None
 
 
+def _training_records(records):
+    """The training summaries comparable with issue 7's figures: batch 64, one step per execution."""
+    return [r for r in records if r["benchmark"] == "train_throughput" and r["batch_size"] == 64
+            and r["steps_per_execution"] == 1]
+
+
 def metrics(records):
     """(metric, value, target text, met or None, contended) tuples."""
     out = []
@@ -49,8 +55,7 @@ def metrics(records):
     def add(name, value, target=None, met=None, contended=False):
         out.append({"metric": name, "value": value, "target": target, "met": met, "contended": bool(contended)})
 
-    train = [r for r in records if r["benchmark"] == "train_throughput" and r["batch_size"] == 64
-             and r["steps_per_execution"] == 1]
+    train = _training_records(records)
     for precision in ("float32", "mixed_bfloat16"):
         for jit in (False, True):
             ours = _last(train, network="seed_unet", precision=precision, jit_compile=jit)
@@ -143,8 +148,7 @@ PEER_ROWS = (
 
 def peer_table(records):
     """Issue 7's peer table with this run's figures and tfdiffusion's rows added (markdown lines)."""
-    train = [r for r in records if r["benchmark"] == "train_throughput" and r["batch_size"] == 64
-             and r["steps_per_execution"] == 1]
+    train = _training_records(records)
     ddpm = _last([r for r in records if r["benchmark"] == "sampling" and r["batch_size"] == 16],
                  sampler="ddpm", num_steps=400)
     lines = ["| implementation | issue 7, AMD EPYC (quoted): train images/s / 16 images × 400 DDPM steps "

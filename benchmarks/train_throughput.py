@@ -229,9 +229,8 @@ def run(args):
         extra_repeats=args.extra_repeats, threshold=args.contention_threshold, max_wait_idle_s=args.max_wait_idle_s)
     most_steps = warmup_steps + (args.repeats + args.extra_repeats) * timed_steps
     fit(most_steps, [timed_repeats])
-    summary = common.summarize(timed_repeats.runs)
     record = common.throughput_summary(
-        base, summary, first, first_loss, batch_size=args.batch_size, timed_steps=timed_steps, first_call_steps=k,
+        base, timed_repeats.runs, first, first_loss, batch_size=args.batch_size, timed_steps=timed_steps, first_call_steps=k,
         warmup_steps=warmup_steps, repeats=args.repeats, contention_threshold=args.contention_threshold,
         rss_after_build_mb=rss_before_training, command=command, info=info)
     if args.markdown:
