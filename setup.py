@@ -21,9 +21,10 @@ setup(
         "ml-collections",
         "tensorboard",
         "scikit-learn",
+        "tensorflow-serving-api>=2.21",  # ModelServerConfig for TF Serving's models.config
     ],
     extras_require={
-        "test": ["pytest", "hypothesis", "tensorflow-serving-api>=2.21"],
+        "test": ["pytest", "hypothesis"],
     },
     license="Apache-2.0",
 )

@@ -1,24 +1,10 @@
-"""Shared helpers of the benchmarks: machine info, contention-aware timing, reporting.
+"""The benchmarks' harness: flags, machine description, contention-aware timing, JSON and Markdown output.
 
-The machines these benchmarks run on are shared, so every timed section also records how
-much CPU *other* processes used while it ran:
-
-    other CPU = (busy jiffies of the whole machine from /proc/stat) / CLK_TCK
-                − (CPU time of this process, user + system, all threads, from getrusage)
-    other_cpu_fraction = other CPU / (wall time × cores)
-
-A section whose `other_cpu_fraction` exceeds a threshold (default 0.15, i.e. another
-process used more than 15% of the machine) is flagged `contended`. `summarize` takes the
-median over the uncontended repeats; if every repeat was contended it takes the median of
-all of them and says so with `"contended": true`. Steal time (CPU the hypervisor gave to
-other guests) counts as other CPU.
-
-    from common import Timer, measure
-    with Timer() as timer:
-        work()
-    timer.record()   # {"wall_s": ..., "cpu_self_s": ..., "other_cpu_fraction": ..., "contended": ...}
-
-    summary = measure(work, repeats=3)   # summary["median_wall_s"], summary["contended"], summary["runs"]
+Every timed section also records the CPU *other* processes used meanwhile (the machine is shared):
+other CPU = busy jiffies of the machine (/proc/stat, steal included) / CLK_TCK − this process's
+user + system time (getrusage), and other_cpu_fraction = other CPU / (wall time × CPUs). A section
+above --contention_threshold is `contended`; `summarize` takes the median over the uncontended ones.
+No TensorFlow is imported here (the PyTorch peer's process uses this module too).
 """
 
 import datetime
@@ -34,35 +20,49 @@ import subprocess
 import sys
 import time
 
+from absl import flags
+
+from tfdiffusion import precision
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_MARKDOWN = os.path.join(REPO_ROOT, "docs", "BENCHMARKS.md")
 DEFAULT_CONTENTION_THRESHOLD = 0.15
+THROTTLED_FRACTION = 0.75
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# The flags that decide what bf16 costs here (see `tfdiffusion.precision`), and the vector ones beside them.
+REPORTED_CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "avx512_vnni")
+FLAGS = flags.FLAGS
+
+
+def define_markdown_flag():
+    flags.DEFINE_string("markdown", DEFAULT_MARKDOWN, "Results file to append a row to ('' for none); /tmp for smoke runs.")
+
+
+def define_timing_flags(*, extra_repeats=2):
+    """--markdown and the flags of every timed benchmark: repeats and how contention is handled."""
+    define_markdown_flag()
+    flags.DEFINE_integer("repeats", 3, "Timed repeats.", lower_bound=1)
+    flags.DEFINE_integer("extra_repeats", extra_repeats,
+                         "Further repeats allowed while fewer than --repeats were uncontended.", lower_bound=0)
+    flags.DEFINE_float("contention_threshold", DEFAULT_CONTENTION_THRESHOLD,
+                       "other_cpu_fraction above which a timed section counts as contended.")
+    flags.DEFINE_float("max_wait_idle_s", 0.0, "Before each timed section, wait up to this long for a quiet machine.")
+
+
+def define_throughput_flags():
+    """The flags shared by the training benchmarks (tfdiffusion, the Keras port, the PyTorch port)."""
+    define_timing_flags()
+    flags.DEFINE_integer("batch_size", 64, "Images per step.", lower_bound=1)
+    flags.DEFINE_integer("warmup_steps", 5, "Untimed steps before the timed repeats.", lower_bound=0)
+    flags.DEFINE_integer("timed_steps", 20, "Steps per timed repeat.", lower_bound=1)
+    flags.DEFINE_integer("cache_batches", 8, "Distinct batches of uniform noise held in memory.", lower_bound=1)
+    flags.DEFINE_float("learning_rate", 1e-4, "Adam's learning rate.")
 
 
 # -- machine and versions ---------------------------------------------------------------------
-def _cpuinfo():
-    model, flags = "unknown", set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and model == "unknown":
-                    model = value.strip()
-                elif key == "flags" and not flags:
-                    flags = set(value.split())
-    except OSError:
-        model = platform.processor() or "unknown"
-    return model, flags
-
-
 def num_cores():
-    """CPUs this process may run on (the affinity mask; what TF's thread pools use)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    """CPUs this process may run on (the affinity mask; what the thread pools use)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _stat_cpus():
@@ -74,64 +74,72 @@ def _stat_cpus():
         return num_cores()
 
 
-def _git_revision():
+def _cpu_model():
     try:
-        revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                                  text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        with open(precision.CPUINFO_PATH, encoding="utf-8") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
+    except OSError:
+        return platform.processor() or "unknown"
+
+
+def _git_revision():
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+
+    try:
+        revision, dirty = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
         return (revision + ("+dirty" if dirty else "")) or None
     except (OSError, subprocess.SubprocessError):
         return None
 
 
-def onednn_enabled():
-    """Whether TensorFlow's oneDNN kernels are on (TF_ENABLE_ONEDNN_OPTS; default on for x86 Linux)."""
-    try:
-        from tensorflow.python.util import _pywrap_util_port  # pylint: disable=import-outside-toplevel
-
-        return bool(_pywrap_util_port.IsMklEnabled())
-    except (ImportError, AttributeError):
-        return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1") not in ("0", "false", "False")
-
-
-def machine_info():
-    """Machine, versions and date of this run, as a flat dict (JSON-ready)."""
+def _tensorflow_info():
     import keras  # pylint: disable=import-outside-toplevel
-    import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from tensorflow.python.util import _pywrap_util_port  # pylint: disable=import-outside-toplevel
 
-    model, flags = _cpuinfo()
-    interesting = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "avx512_vnni")
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "cpu_model": model,
-        "cores": num_cores(),
-        "cpu_flags": [flag for flag in interesting if flag in flags],
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "numpy": np.__version__,
-        "onednn": onednn_enabled(),
-        "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
-        "gpus": len(tf.config.list_physical_devices("GPU")),
-        "git": _git_revision(),
-        "hostname": platform.node(),
-    }
+    return {"tensorflow": tf.__version__, "keras": keras.__version__, "onednn": bool(_pywrap_util_port.IsMklEnabled()),
+            "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+            "gpus": len(tf.config.list_physical_devices("GPU"))}
+
+
+def machine_info(framework=None):
+    """Machine, versions, date and tfdiffusion's "auto" precision here, as a flat dict (JSON-ready).
+
+    `framework`: None records TensorFlow's versions (imports it); the PyTorch peer passes its own
+    facts instead, and "auto" then looks at the CPU only.
+    """
+    import numpy as np  # pylint: disable=import-outside-toplevel
+
+    found = precision.cpu_flags()
+    extra = _tensorflow_info() if framework is None else dict(framework)
+    policy, reason = precision.resolve_precision("auto", accelerators=None if framework is None else [])
+    return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "cpu_model": _cpu_model(), "cores": num_cores(),
+            "cpu_flags": [flag for flag in REPORTED_CPU_FLAGS if flag in found],
+            "amx_bf16": "amx_bf16" in found, "avx512_bf16": "avx512_bf16" in found,
+            "auto_precision": policy, "auto_precision_reason": reason,
+            "python": platform.python_version(), "numpy": np.__version__, **extra,
+            "git": _git_revision(), "hostname": platform.node()}
 
 
 def short_environment(info):
     """One cell summarising the environment of a row (the file header has the details)."""
-    return (f"TF {info['tensorflow']}, Keras {info['keras']}, {info['cores']} cores, "
-            f"oneDNN {'on' if info['onednn'] else 'off'}" + (f", git {info['git']}" if info.get("git") else ""))
+    versions = (f"PyTorch {info['torch']}, {info['torch_threads']} threads" if "torch" in info
+                else f"TF {info['tensorflow']}, Keras {info['keras']}")
+    return (f"{versions}, {info['cores']} cores, oneDNN {'on' if info['onednn'] else 'off'}"
+            + (f", git {info['git']}" if info.get("git") else ""))
 
 
-# -- CPU accounting ---------------------------------------------------------------------------
+def row_date(info):
+    return info["date"][:16].replace("T", " ")
+
+
+# -- CPU accounting and timing ----------------------------------------------------------------
 def machine_busy_seconds():
-    """(busy, steal) CPU-seconds of the whole machine since boot, from /proc/stat.
+    """(busy, steal) CPU-seconds of the whole machine since boot (None, None without /proc/stat).
 
-    busy = user + nice + system + irq + softirq + steal (guest time is already in user);
-    idle and iowait are not busy. Returns (None, None) where /proc/stat is unavailable.
+    busy = user + nice + system + irq + softirq + steal (guest time is already in user).
     """
     try:
         with open("/proc/stat", encoding="utf-8") as f:
@@ -140,50 +148,38 @@ def machine_busy_seconds():
         return None, None
     if not fields or fields[0] != "cpu":
         return None, None
-    values = [int(v) for v in fields[1:]] + [0] * 8
-    user, nice, system, _idle, _iowait, irq, softirq, steal = values[:8]
-    busy = user + nice + system + irq + softirq + steal
-    return busy / CLOCK_TICKS, steal / CLOCK_TICKS
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ([int(v) for v in fields[1:]] + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS, steal / CLOCK_TICKS
 
 
 def process_cpu_seconds():
-    """User + system CPU time of this process (every thread), in seconds."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
 
 def peak_rss_mb():
-    """Peak resident set size of this process so far, in MB (ru_maxrss is KB on Linux)."""
+    """Peak resident set size of this process so far, in MiB (ru_maxrss is KiB on Linux)."""
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return maxrss / (1024.0 * 1024.0) if sys.platform == "darwin" else maxrss / 1024.0
 
 
 class Timer:
-    """Times a section: wall time, this process's CPU, the CPU other processes used.
+    """Times a section: wall time, this process's CPU, the CPU other processes used."""
 
-    Args:
-      threshold: `other_cpu_fraction` above which the section counts as contended.
-      cores: CPUs of the machine for the fraction's denominator (default: those in /proc/stat).
-    """
-
-    def __init__(self, threshold=DEFAULT_CONTENTION_THRESHOLD, cores=None):
-        self.threshold = threshold
-        self.cores = cores or _stat_cpus()
+    def __init__(self, threshold=DEFAULT_CONTENTION_THRESHOLD):
+        self.threshold, self.cores = threshold, _stat_cpus()
         self.wall_s = self.cpu_self_s = self.cpu_other_s = self.steal_s = None
 
     def __enter__(self):
         self._busy0, self._steal0 = machine_busy_seconds()
-        self._self0 = process_cpu_seconds()
-        self._wall0 = time.perf_counter()
+        self._self0, self._wall0 = process_cpu_seconds(), time.perf_counter()
         return self
 
     def __exit__(self, *exc_info):
         self.wall_s = time.perf_counter() - self._wall0
         self.cpu_self_s = process_cpu_seconds() - self._self0
         busy1, steal1 = machine_busy_seconds()
-        if busy1 is None or self._busy0 is None:
-            self.cpu_other_s = self.steal_s = None
-        else:
+        if busy1 is not None and self._busy0 is not None:
             # Jiffies tick at 1/CLK_TCK per CPU, so tiny negative values are rounding noise.
             self.cpu_other_s = max(0.0, (busy1 - self._busy0) - self.cpu_self_s)
             self.steal_s = steal1 - self._steal0
@@ -191,80 +187,44 @@ class Timer:
 
     @property
     def other_cpu_fraction(self):
-        if self.cpu_other_s is None or not self.wall_s:
-            return None
-        return self.cpu_other_s / (self.wall_s * self.cores)
-
-    @property
-    def contended(self):
-        fraction = self.other_cpu_fraction
-        return fraction is not None and fraction > self.threshold
+        return None if self.cpu_other_s is None or not self.wall_s else self.cpu_other_s / (self.wall_s * self.cores)
 
     def record(self):
         fraction = self.other_cpu_fraction
-        return {
-            "wall_s": self.wall_s,
-            "cpu_self_s": self.cpu_self_s,
-            "cpu_other_s": self.cpu_other_s,
-            "steal_s": self.steal_s,
-            "self_cpu_utilisation": self.cpu_self_s / (self.wall_s * self.cores) if self.wall_s else None,
-            "other_cpu_fraction": fraction,
-            "contended": self.contended,
-        }
+        return {"wall_s": self.wall_s, "cpu_self_s": self.cpu_self_s, "cpu_other_s": self.cpu_other_s,
+                "steal_s": self.steal_s,
+                "self_cpu_utilisation": self.cpu_self_s / (self.wall_s * self.cores) if self.wall_s else None,
+                "other_cpu_fraction": fraction, "contended": fraction is not None and fraction > self.threshold}
 
 
-def wait_for_quiet(max_wait_s, threshold=DEFAULT_CONTENTION_THRESHOLD, window_s=1.0):
-    """Waits (at most `max_wait_s`) until other processes use ≤ `threshold` of the machine.
-
-    Call between timed sections while this process is idle. Returns the last measured
-    fraction (None when max_wait_s <= 0 or /proc/stat is unavailable).
-    """
-    if max_wait_s <= 0:
-        return None
-    deadline = time.monotonic() + max_wait_s
-    fraction = None
-    while True:
-        with Timer(threshold) as timer:
-            time.sleep(window_s)
-        fraction = timer.other_cpu_fraction
-        if fraction is None or fraction <= threshold or time.monotonic() >= deadline:
-            return fraction
-
-
-THROTTLED_FRACTION = 0.75
+def timed_section():
+    """A `Timer`, after waiting (up to --max_wait_idle_s, in 1-s windows) for others to use ≤ the threshold."""
+    deadline = time.monotonic() + FLAGS.max_wait_idle_s
+    while time.monotonic() < deadline:
+        with Timer() as window:
+            time.sleep(1.0)
+        if window.other_cpu_fraction is None or window.other_cpu_fraction <= FLAGS.contention_threshold:
+            break
+    return Timer(FLAGS.contention_threshold)
 
 
 def summarize(runs, value_key="wall_s"):
-    """Median of `value_key` over the uncontended runs (all runs if every one was contended).
+    """Median, min and max of `value_key` over the uncontended `Timer.record()`s (all if none is).
 
-    Args:
-      runs: records of `Timer.record()` (any extra keys are kept).
-
-    Returns:
-      dict with median, min and max of the used runs, `contended` (True when the median
-      had to include contended runs), the counts, and the runs themselves.
+    A run whose process got far less CPU than the best run of the same work was capped (host
+    throttling shows as neither other processes nor steal): it counts as contended too.
     """
-    # A repeat whose process got far less CPU than the best repeat of the same work was capped
-    # (host throttling shows as neither other processes nor steal): it counts as contended.
-    utilisations = [run.get("self_cpu_utilisation") for run in runs if run.get("self_cpu_utilisation")]
-    best = max(utilisations, default=None)
+    best = max((run.get("self_cpu_utilisation") or 0.0 for run in runs), default=0.0)
     for run in runs:
-        run["throttled"] = bool(best and run.get("self_cpu_utilisation") and
-                                run["self_cpu_utilisation"] < THROTTLED_FRACTION * best)
+        run["throttled"] = bool(best and run.get("self_cpu_utilisation")
+                                and run["self_cpu_utilisation"] < THROTTLED_FRACTION * best)
     clean = [run for run in runs if not run["contended"] and not run["throttled"]]
-    used = clean if clean else list(runs)
-    values = [run[value_key] for run in used]
-    fractions = [run["other_cpu_fraction"] for run in used if run["other_cpu_fraction"] is not None]
-    return {
-        "median_" + value_key: statistics.median(values) if values else None,
-        "min_" + value_key: min(values) if values else None,
-        "max_" + value_key: max(values) if values else None,
-        "contended": not clean,
-        "num_runs": len(runs),
-        "num_uncontended": len(clean),
-        "median_other_cpu_fraction": statistics.median(fractions) if fractions else None,
-        "runs": list(runs),
-    }
+    values = [run[value_key] for run in clean or runs]
+    fractions = [run["other_cpu_fraction"] for run in clean or runs if run["other_cpu_fraction"] is not None]
+    return {"median_" + value_key: statistics.median(values) if values else None,
+            "min_" + value_key: min(values, default=None), "max_" + value_key: max(values, default=None),
+            "contended": not clean, "num_runs": len(runs), "num_uncontended": len(clean),
+            "median_other_cpu_fraction": statistics.median(fractions) if fractions else None}
 
 
 def enough_runs(runs, repeats, extra_repeats):
@@ -273,50 +233,31 @@ def enough_runs(runs, repeats, extra_repeats):
     return len(runs) >= repeats and (clean >= repeats or len(runs) >= repeats + extra_repeats)
 
 
-def measure(fn, repeats=3, *, threshold=DEFAULT_CONTENTION_THRESHOLD, extra_repeats=0, max_wait_idle_s=0.0):
-    """Times `fn()` `repeats` times and summarises (see `summarize`).
-
-    When fewer than `repeats` runs were uncontended, up to `extra_repeats` more are made.
-    Before each run, waits up to `max_wait_idle_s` for the machine to be quiet. If `fn`
-    returns a dict, its items are added to the run's record.
-    """
+def measure(fn):
+    """Times `fn()` (returning a dict for the record) until `enough_runs` under the timing flags."""
     runs = []
-    while not enough_runs(runs, repeats, extra_repeats):
-        wait_for_quiet(max_wait_idle_s, threshold)
-        with Timer(threshold) as timer:
+    while not enough_runs(runs, FLAGS.repeats, FLAGS.extra_repeats):
+        with timed_section() as timer:
             extra = fn()
-        record = timer.record()
-        if isinstance(extra, dict):
-            record.update(extra)
-        runs.append(record)
-    return summarize(runs)
+        runs.append({**timer.record(), **extra})
+    return runs
 
 
 # -- output -----------------------------------------------------------------------------------
-def _json_default(value):
-    try:
-        import numpy as np  # pylint: disable=import-outside-toplevel
-
-        if isinstance(value, np.generic):
-            return value.item()
-        if isinstance(value, np.ndarray):
-            return value.tolist()
-    except ImportError:
-        pass
-    return str(value)
+def json_line(record):
+    return json.dumps(record, default=lambda value: value.tolist() if hasattr(value, "tolist") else str(value))
 
 
 def emit_json(record):
-    """Prints `record` as one JSON line on stdout."""
-    print(json.dumps(record, default=_json_default), flush=True)
+    print(json_line(record), flush=True)
 
 
 def command_line(argv=None):
     """The command that reproduces this run (with the environment variables that matter)."""
     argv = sys.argv if argv is None else argv
     script = os.path.relpath(os.path.abspath(argv[0]), REPO_ROOT) if argv and argv[0].endswith(".py") else argv[0]
-    env = [f"{name}={shlex.quote(os.environ[name])}" for name in ("TF_ENABLE_ONEDNN_OPTS", "CUDA_VISIBLE_DEVICES")
-           if name in os.environ]
+    env = [f"{name}={shlex.quote(os.environ[name])}"
+           for name in ("TF_ENABLE_ONEDNN_OPTS", "CUDA_VISIBLE_DEVICES", "TFDIFFUSION_PRECISION") if name in os.environ]
     return " ".join(env + ["python", shlex.quote(script)] + [shlex.quote(a) for a in argv[1:]])
 
 
@@ -327,175 +268,128 @@ def format_value(value, digits=3):
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        if value != value:  # NaN
-            return "nan"
-        if abs(value) >= 10 ** digits:
-            return f"{value:.0f}"
-        return f"{value:.{digits}g}"
+        return "nan" if value != value else f"{value:.0f}" if abs(value) >= 10**digits else f"{value:.{digits}g}"
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
 def _markdown_header(info):
-    return "\n".join(
-        [
-            "# Benchmarks",
-            "",
-            "Rows are appended by `benchmarks/train_throughput.py` and `benchmarks/sampling.py`",
-            "(see `benchmarks/README.md`; the whole suite is `bash benchmarks/run_all.sh`). Each row carries its",
-            "own date, environment and the exact command; figures are medians over the uncontended repeats",
-            "(another process using > 15% of the machine during a timed section marks it contended; a",
-            "median that had to include contended repeats is marked *contended*).",
-            "",
-            "File created on this machine:",
-            "",
-            f"- machine: {info['cpu_model']}, {info['cores']} cores, flags: {', '.join(info['cpu_flags']) or 'n/a'}",
-            f"- versions: Python {info['python']}, TensorFlow {info['tensorflow']}, Keras {info['keras']}, "
-            f"NumPy {info['numpy']}; oneDNN {'on' if info['onednn'] else 'off'}",
-            f"- date: {info['date']}" + (f", git {info['git']}" if info.get("git") else ""),
-        ]
-    )
+    versions = ", ".join(f"{name} {info[key]}" for name, key in (("Python", "python"), ("TensorFlow", "tensorflow"),
+                         ("Keras", "keras"), ("PyTorch", "torch"), ("NumPy", "numpy")) if key in info)
+    return "\n".join([
+        "# Benchmarks", "",
+        "Rows are appended by the scripts of `benchmarks/` (see `benchmarks/README.md`; the whole suite is",
+        "`bash benchmarks/run_all.sh`). Each row carries its own date, environment and the exact command;",
+        "figures are medians over the uncontended repeats (another process using > 15% of the machine during",
+        "a timed section marks it contended; a median that had to include contended repeats is marked",
+        "*contended*).", "", "File created on this machine:", "",
+        f"- machine: {info['cpu_model']}, {info['cores']} cores, flags: {', '.join(info['cpu_flags']) or 'n/a'}",
+        f"- versions: {versions}; oneDNN {'on' if info['onednn'] else 'off'}",
+        f"- date: {info['date']}" + (f", git {info['git']}" if info.get("git") else "")])
 
 
-def ensure_markdown(path=DEFAULT_MARKDOWN, info=None):
-    """Creates the results file with its header if it does not exist; returns its path."""
-    path = os.path.abspath(path)
-    if not os.path.exists(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "a", encoding="utf-8") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            if f.tell() == 0:
-                f.write(_markdown_header(info or machine_info()) + "\n")
-    return path
-
-
-def _is_table_line(line):
-    return line.lstrip().startswith("|")
-
-
-def append_markdown_row(table_name, row, command, path=DEFAULT_MARKDOWN, info=None):
-    """Appends `row` (an ordered dict: column → value) to the table `## table_name` in `path`.
-
-    The file is created with a header (machine, versions, date) when missing; the section and
-    its table are created when missing; a `command` column is added to every row. If the
-    section's last table has other columns, a new table is started below it. Concurrent
-    writers are serialised with an exclusive lock on the file.
-    """
-    path = ensure_markdown(path, info)
-    columns = list(row) + ["command"]
-    cells = [format_value(row[c]) for c in row] + ["`" + command.replace("`", "'").replace("|", "\\|") + "`"]
-    header = "| " + " | ".join(columns) + " |"
-    separator = "|" + "|".join("---" for _ in columns) + "|"
-    line = "| " + " | ".join(cells) + " |"
-    with open(path, "r+", encoding="utf-8") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        lines = f.read().split("\n")
-        if lines and lines[-1] == "":
+def _insert_row(lines, title, head, line):
+    """`lines` with `line` added to the last table of section `title`, under a new `head` if its columns differ."""
+    if title not in lines:
+        while lines and lines[-1] == "":
             lines.pop()
-        title = f"## {table_name}"
-        try:
-            start = lines.index(title)
-        except ValueError:
-            while lines and lines[-1] == "":
-                lines.pop()
-            lines += ["", title, "", header, separator, line]
-        else:
-            end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-            table_lines = [i for i in range(start + 1, end) if _is_table_line(lines[i])]
-            if table_lines:
-                last = table_lines[-1]
-                first = last
-                while first - 1 > start and _is_table_line(lines[first - 1]):
-                    first -= 1
-                if lines[first].strip() == header:
-                    lines.insert(last + 1, line)
-                else:
-                    lines[last + 1:last + 1] = ["", header, separator, line]
-            else:
-                insert_at = end
-                while insert_at - 1 > start and lines[insert_at - 1] == "":
-                    insert_at -= 1
-                lines[insert_at:insert_at] = ["", header, separator, line]
-        f.seek(0)
-        f.write("\n".join(lines) + "\n")
-        f.truncate()
-    return path
+        return lines + ["", title, ""] + head + [line]
+    start = lines.index(title)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    table = [i for i in range(start + 1, end) if lines[i].lstrip().startswith("|")]
+    if table:
+        first = end = table[-1] + 1
+        while first - 1 > start and lines[first - 1].lstrip().startswith("|"):
+            first -= 1
+        if lines[first].strip() == head[0]:
+            return lines[:end] + [line] + lines[end:]
+    else:
+        while end - 1 > start and lines[end - 1] == "":
+            end -= 1
+    return lines[:end] + [""] + head + [line] + lines[end:]
 
 
-def load_config(path):
-    """The ConfigDict of a config file, as `--config=path[:variant]` gives it to tools/train.py."""
-    from absl import flags  # pylint: disable=import-outside-toplevel
-    from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+def append_markdown_row(table_name, row, command, info, path=None):
+    """Appends `row` (column → value) and a `command` cell to the table `## table_name` of --markdown ('' for none).
 
-    holder = flags.FlagValues()
-    config = config_flags.DEFINE_config_file("config", flag_values=holder)
-    holder(["benchmark", f"--config={path}"])
-    return config.value
-
-
-def throughput_summary(base, runs, first, first_loss, *, batch_size, timed_steps, first_call_steps,
-                       warmup_steps, repeats, contention_threshold, rss_after_build_mb, command, info):
-    """Emits one JSON line per timed training repeat and returns the summary record (emitted too).
-
-    `runs` are the `Timer.record()`s of repeats of `timed_steps` steps of `batch_size` images;
-    `first` the Timer of the first call (`first_call_steps` steps, compile included).
+    A missing file starts with a header (machine, versions, date); a row with other columns starts
+    a new table below the section's last one. Concurrent writers are serialised by a file lock.
     """
-    for index, run_record in enumerate(runs):
-        run_record["images_per_s"] = timed_steps * batch_size / run_record["wall_s"]
-        run_record["images_per_cpu_s"] = (timed_steps * batch_size / run_record["cpu_self_s"]
-                                          if run_record["cpu_self_s"] else None)
-        emit_json({**base, "event": "repeat", "repeat": index, "timed_steps": timed_steps, **run_record})
-    rates = summarize(runs, "images_per_s")
-    per_cpu = summarize(runs, "images_per_cpu_s")
-    step_s = batch_size / rates["median_images_per_s"]
+    path = FLAGS.markdown if path is None else path
+    if not path:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    cells = [format_value(value) for value in row.values()] + ["`" + command.replace("`", "'").replace("|", "\\|") + "`"]
+    head = ["| " + " | ".join(list(row) + ["command"]) + " |", "|" + "---|" * len(cells)]
+    with open(path, "a+", encoding="utf-8") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        lines = (f.read() or _markdown_header(info) + "\n").split("\n")
+        lines = _insert_row(lines[:-1] if lines[-1] == "" else lines, f"## {table_name}", head,
+                            "| " + " | ".join(cells) + " |")
+        f.truncate(0)
+        f.write("\n".join(lines) + "\n")
+
+
+# -- training throughput: train_throughput.py and peers_torch.py ------------------------------------
+def throughput_summary(base, runs, first, first_loss, *, first_call_steps, warmup_steps, command, info):
+    """Emits one JSON line per timed repeat and returns the summary record (emitted too).
+
+    `runs`: `Timer.record()`s of `base["timed_steps"]` steps of `base["batch_size"]` images (their
+    `loss` the last step's); `first`: the Timer of the first call (`first_call_steps` steps, compile
+    included).
+    """
+    images = base["timed_steps"] * base["batch_size"]
+    for index, run in enumerate(runs):
+        run["images_per_s"] = images / run["wall_s"]
+        run["images_per_cpu_s"] = images / run["cpu_self_s"] if run["cpu_self_s"] else None
+        emit_json({**base, "event": "repeat", "repeat": index, **run})
+    rates, per_cpu = summarize(runs, "images_per_s"), summarize(runs, "images_per_cpu_s")
+    step_s = base["batch_size"] / rates["median_images_per_s"]
     record = {
-        **base,
-        "event": "summary",
-        "warmup_steps": warmup_steps,
-        "timed_steps": timed_steps,
-        "repeats": repeats,
-        "first_call_s": first.wall_s,
-        "first_call_other_cpu_fraction": first.other_cpu_fraction,
+        **base, "event": "summary", "warmup_steps": warmup_steps, "repeats": FLAGS.repeats,
+        "first_call_s": first.wall_s, "first_call_other_cpu_fraction": first.other_cpu_fraction,
         "compile_s": max(0.0, first.wall_s - first_call_steps * step_s),
-        "images_per_s": rates["median_images_per_s"],
-        "images_per_s_min": rates["min_images_per_s"],
-        "images_per_s_max": rates["max_images_per_s"],
-        "images_per_cpu_s": per_cpu["median_images_per_cpu_s"],
-        "step_ms": 1000.0 * step_s,
-        "peak_rss_mb": peak_rss_mb(),
-        "rss_after_build_mb": rss_after_build_mb,
-        "other_cpu_fraction": rates["median_other_cpu_fraction"],
+        "images_per_s": rates["median_images_per_s"], "images_per_s_min": rates["min_images_per_s"],
+        "images_per_s_max": rates["max_images_per_s"], "images_per_cpu_s": per_cpu["median_images_per_cpu_s"],
+        "step_ms": 1000.0 * step_s, "peak_rss_mb": peak_rss_mb(), "other_cpu_fraction": rates["median_other_cpu_fraction"],
         "max_other_cpu_fraction": max((r["other_cpu_fraction"] or 0.0) for r in runs),
-        "contended": rates["contended"],
-        "num_runs": rates["num_runs"],
-        "num_uncontended": rates["num_uncontended"],
-        "contention_threshold": contention_threshold,
-        "first_loss": first_loss,
-        "final_loss": runs[-1].get("loss"),
-        "command": command,
-        "machine": info,
-    }
+        "contended": rates["contended"], "num_runs": rates["num_runs"], "num_uncontended": rates["num_uncontended"],
+        "contention_threshold": FLAGS.contention_threshold, "first_loss": first_loss,
+        "final_loss": runs[-1].get("loss"), "command": command, "machine": info}
     emit_json(record)
     return record
 
 
-def throughput_row(record, *, compiler, environment):
-    """The "Training throughput" table row of a `throughput_summary` record."""
-    return {
-        "date": record["machine"]["date"][:16].replace("T", " "),
-        "network": record["network"],
-        "params": f"{record['params']:,}",
-        "batch": record["batch_size"],
-        "precision": record["precision"],
-        "XLA": compiler,
-        "steps/exec": record["steps_per_execution"],
-        "compile s": record["compile_s"],
-        "images/s (median)": record["images_per_s"],
-        "min–max": f"{format_value(record['images_per_s_min'])}–{format_value(record['images_per_s_max'])}",
-        "peak RSS MiB": record["peak_rss_mb"],
-        "other CPU": record["other_cpu_fraction"],
-        "runs used": f"{record['num_uncontended'] if not record['contended'] else record['num_runs']}"
-                     f"/{record['num_runs']}",
-        "contended": record["contended"],
-        "environment": environment,
-    }
+def append_throughput_row(record, *, compiler):
+    """Appends a `throughput_summary` record to the "Training throughput" table of --markdown."""
+    used = record["num_runs"] if record["contended"] else record["num_uncontended"]
+    row = {"date": row_date(record["machine"]), "network": record["network"], "params": f"{record['params']:,}",
+           "batch": record["batch_size"], "precision": record["precision"], "XLA": compiler,
+           "steps/exec": record["steps_per_execution"], "compile s": record["compile_s"],
+           "images/s (median)": record["images_per_s"],
+           "min–max": f"{format_value(record['images_per_s_min'])}–{format_value(record['images_per_s_max'])}",
+           "peak RSS MiB": record["peak_rss_mb"], "other CPU": record["other_cpu_fraction"],
+           "runs used": f"{used}/{record['num_runs']}", "contended": record["contended"],
+           "environment": short_environment(record["machine"])}
+    append_markdown_row("Training throughput", row, record["command"], record["machine"])
 
+
+# -- sample quality: time_to_quality.py and mnist_quality.py ------------------------------------------
+def draw_timed(model, *, sampler, num_steps, num_samples, batch_size, seed):
+    """(samples, seconds) drawn by `tfdiffusion.evaluation`'s protocol (batch i with `batch_seed(seed, i)`)."""
+    from tfdiffusion import evaluation  # pylint: disable=import-outside-toplevel  (imports TensorFlow)
+
+    start = time.perf_counter()
+    samples = evaluation.draw_samples(evaluation.ModelSampler(model, sampler=sampler, num_steps=num_steps),
+                                      num_samples, batch_size=batch_size, seed=seed)
+    return samples, time.perf_counter() - start
+
+
+def sample_quality(model, extractor, reference, *, seed, **request):
+    """(samples, {fid, kid_mean, confident_fraction, sampling_seconds}) of `draw_timed(model, **request)`."""
+    from tfdiffusion import evaluation  # pylint: disable=import-outside-toplevel
+
+    samples, seconds = draw_timed(model, seed=seed, **request)
+    report = evaluation.image_report(samples, extractor, reference, seed=seed)
+    return samples, {"fid": report["fid"], "kid_mean": report["kid_mean"],
+                     "confident_fraction": report["confident_fraction"], "sampling_seconds": seconds}

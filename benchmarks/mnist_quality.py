@@ -4,23 +4,23 @@
         --classifier=/work/runs/classifier/classifier.keras --num_samples=500 \
         --checkpoints=500,1000,2000 --sweep=ddpm:400,ddim:10,ddim:20,ddim:50,dpmpp_2m:10,dpmpp_2m:20,dpmpp_2m:50
 
-Protocol: samples drawn in batches of `--batch_size` with seed `--seed` + batch index; FID of the
-classifier features (tfdiffusion.metrics) against all 10,000 MNIST test images (statistics cached
+Protocol: `tfdiffusion.evaluation`'s — samples drawn in batches of `--batch_size`, batch i with seed
+`evaluation.batch_seed(--seed, i)` (runs before this change used seed + i: same distribution, other
+draws); FID of the classifier features against all 10,000 MNIST test images (statistics cached
 beside the classifier). Checkpoints use the raw weights (the EMA of short runs lags). Prints JSON
 lines and writes a markdown report (--report) and the DDPM-400 vs DPM-Solver++-20 grid (--figure).
 """
 
-import json
 import os
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from tfdiffusion import data, metrics, plots, training  # noqa: E402
+import common  # noqa: E402
+from tfdiffusion import evaluation, plots  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "An MNIST workdir written by tools/train.py.")
 _CLASSIFIER = flags.DEFINE_string("classifier", None, "classifier.keras from tools/train_classifier.py.")
@@ -34,56 +34,40 @@ _FIGURE = flags.DEFINE_string("figure", "docs/figures/mnist_ddpm400_vs_dpmpp20.p
 flags.mark_flags_as_required(["workdir", "classifier"])
 
 
-def draw(model, sampler, steps, num_samples):
-    batches, start = [], time.time()
-    for index, first in enumerate(range(0, num_samples, _BATCH_SIZE.value)):
-        size = min(_BATCH_SIZE.value, num_samples - first)
-        batches.append(model.generate(size, seed=_SEED.value + index, sampler=sampler, num_steps=steps))
-    return np.concatenate(batches), time.time() - start
+def quality(model, extractor, reference, sampler, steps, label):
+    """One row of the report: the FID of --num_samples samples of `model` (printed as a JSON line too)."""
+    _, point = common.sample_quality(model, extractor, reference, sampler=sampler, num_steps=steps,
+                                     num_samples=_NUM_SAMPLES.value, batch_size=_BATCH_SIZE.value, seed=_SEED.value)
+    row = {"model": label, "sampler": sampler, "steps": steps, "num_samples": _NUM_SAMPLES.value, **point}
+    common.emit_json(row)
+    return row
 
 
 def main(argv):
     del argv
-    extractor = metrics.FeatureExtractor(keras.saving.load_model(_CLASSIFIER.value))
-    test_images, _ = data.load_mnist_idx(data.default_mnist_dir(), "test")
-    cache = os.path.join(os.path.dirname(os.path.abspath(_CLASSIFIER.value)), "reference_mnist_test.npz")
-    reference = metrics.reference_statistics(extractor, test_images, cache)
+    extractor, reference = evaluation.image_reference(_CLASSIFIER.value, "mnist")
     rows = []
-
-    def fid_of(model, sampler, steps, label):
-        samples, seconds = draw(model, sampler, steps, _NUM_SAMPLES.value)
-        features, logits = extractor(samples)
-        fid = metrics.frechet_distance_from_statistics(*metrics.feature_statistics(features), reference["mu"],
-                                                       reference["sigma"])
-        row = {"model": label, "sampler": sampler, "steps": steps, "num_samples": _NUM_SAMPLES.value, "fid": fid,
-               "confident_fraction": metrics.confident_fraction(logits, 0.9), "sampling_seconds": seconds}
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-        return samples
-
     for step in _CHECKPOINTS.value:
-        model = training.model_from_checkpoint(_WORKDIR.value, int(step), use_ema=False)
-        fid_of(model, "dpmpp_2m", 20, f"checkpoint {step} (raw weights)")
-    final = keras.saving.load_model(os.path.join(_WORKDIR.value, "model.keras"))
+        model = evaluation.load_model(_WORKDIR.value, checkpoint_step=int(step), use_ema=False)
+        rows.append(quality(model, extractor, reference, "dpmpp_2m", 20, f"checkpoint {step} (raw weights)"))
+    final = evaluation.load_model(_WORKDIR.value)
     for pair in _SWEEP.value:
         sampler, steps = pair.split(":")
-        fid_of(final, sampler, int(steps), "final model.keras")
+        rows.append(quality(final, extractor, reference, sampler, int(steps), "final model.keras"))
     if _FIGURE.value:
-        ddpm, ddpm_seconds = draw(final, "ddpm", 400, 16)
-        fast, fast_seconds = draw(final, "dpmpp_2m", 20, 16)
-        gap = np.ones((16, 28, 4, 1), np.float32)
-        side_by_side = np.concatenate([ddpm, gap, fast], axis=2)
-        plots.save_image_grid(side_by_side, _FIGURE.value, columns=4,
-                              title=f"left: DDPM 400 steps ({ddpm_seconds:.1f} s); right: DPM-Solver++ 20 ({fast_seconds:.1f} s)")
-        rows.append({"figure": _FIGURE.value, "ddpm_400_seconds": ddpm_seconds, "dpmpp_20_seconds": fast_seconds})
-        print(json.dumps(rows[-1]), flush=True)
+        request = {"num_samples": 16, "batch_size": 16, "seed": _SEED.value}
+        ddpm, ddpm_seconds = common.draw_timed(final, sampler="ddpm", num_steps=400, **request)
+        fast, fast_seconds = common.draw_timed(final, sampler="dpmpp_2m", num_steps=20, **request)
+        side_by_side = np.concatenate([ddpm, np.ones((16, 28, 4, 1), np.float32), fast], axis=2)
+        plots.save_image_grid(side_by_side, _FIGURE.value, columns=4, title=f"left: DDPM 400 steps "
+                              f"({ddpm_seconds:.1f} s); right: DPM-Solver++ 20 ({fast_seconds:.1f} s)")
+        common.emit_json({"figure": _FIGURE.value, "ddpm_400_seconds": ddpm_seconds, "dpmpp_20_seconds": fast_seconds})
     with open(_REPORT.value, "a") as f:
         f.write(f"\n### {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: `{_WORKDIR.value}`\n\n")
         f.write("| model | sampler | steps | N | FID | confident > 0.9 | sampling s |\n|---|---|---|---|---|---|---|\n")
         for row in rows:
-            if "fid" in row:
-                f.write(f"| {row['model']} | {row['sampler']} | {row['steps']} | {row['num_samples']} | "
-                        f"{row['fid']:.2f} | {row['confident_fraction']:.3f} | {row['sampling_seconds']:.1f} |\n")
+            f.write(f"| {row['model']} | {row['sampler']} | {row['steps']} | {row['num_samples']} | "
+                    f"{row['fid']:.2f} | {row['confident_fraction']:.3f} | {row['sampling_seconds']:.1f} |\n")
     return 0
 
 

@@ -19,6 +19,7 @@ import tensorflow as tf
 from keras import layers, ops
 
 TUTORIAL_PARAMS = 2_020_353
+IMAGE_SHAPE = (28, 28, 1)
 
 
 def sinusoidal_features(t, dim=64, max_period=10_000.0):
@@ -36,7 +37,7 @@ def conv_block(x, time, filters, name):
     return layers.Conv2D(filters, 3, padding="same", activation="silu", name=f"{name}_conv2")(h)
 
 
-def build_tutorial_unet(image_shape=(28, 28, 1), channels=(64, 128, 256), time_dim=64, mlp_width=256):
+def build_tutorial_unet(image_shape=IMAGE_SHAPE, channels=(64, 128, 256), time_dim=64, mlp_width=256):
     """The tutorial's U-Net as a functional Keras model: inputs (x, t), output ε̂ (NHWC)."""
     x_in = keras.Input(image_shape, name="x_t")
     t_in = keras.Input((), dtype="int32", name="t")

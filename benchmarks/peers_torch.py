@@ -2,74 +2,52 @@
 
     python benchmarks/peers_torch.py --precision=float32 --compile=0 --batch_size=64 \
         --warmup_steps=5 --timed_steps=30 --repeats=3
+    python benchmarks/peers_torch.py --check_port   # forward pass vs tfdiffusion's SeedUNet, same weights
 
-A plain PyTorch port (no tfdiffusion, TensorFlow or Keras code) of the network of `peers.py` /
-`tfdiffusion.layers.SeedUNet`, asserted to have the same 2,020,353 parameters: sinusoidal time
-features (64) → MLP 64→256→256→64 (ReLU); 3×3 conv 1→32; ConvBlocks 32→64 and 64→128, each
+The port (the network and the train step below) is plain PyTorch with no tfdiffusion, TensorFlow or
+Keras code, so that the comparison compares the frameworks; only the harness (flags, timing,
+machine description, output) is `common.py`'s, shared with `train_throughput.py`. The network
+is that of `peers.py` / `tfdiffusion.layers.SeedUNet`, asserted 2,020,353 parameters: sinusoidal
+time features (64) → MLP 64→256→256→64 (ReLU); 3×3 conv 1→32; ConvBlocks 32→64 and 64→128, each
 followed by a 2×2 max-pool; bottleneck ConvBlock 128→256; 2×2 stride-2 transposed convs 256→128
-and 128→64, each followed by the skip concat and a ConvBlock back to 128 / 64; 1×1 conv → 1.
-A ConvBlock is conv3×3 → SiLU → + SiLU(Linear(time)) → conv3×3 → SiLU. Weights are initialised
-like Keras' defaults (Glorot-uniform, zero biases); model and images use the channels-last
-memory format.
+and 128→64, each followed by the skip concat and a ConvBlock back to 128 / 64; 1×1 conv → 1. A
+ConvBlock is conv3×3 → SiLU → + SiLU(Linear(time)) → conv3×3 → SiLU. Keras' initialisation
+(Glorot-uniform, zero biases); model and images in the channels-last memory format. The step is
+`peers.PlainDiffusion`'s: linear β (1e-4 → 0.02, T = 400), x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε, MSE to ε,
+Adam (lr 1e-4, ε 1e-7 as Keras') on fp32 weights.
 
-The train step is that of `peers.PlainDiffusion`: linear β schedule (1e-4 → 0.02, T = 400),
-t and ε drawn per step, x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε, MSE between ε and the prediction,
-Adam (lr 1e-4, ε 1e-7 as Keras' default) on fp32 weights; `--adam_impl=foreach|fused` picks torch's
-multi-tensor or fused kernel instead of its CPU default (a per-tensor loop).
+  --precision=bf16_autocast  `torch.autocast("cpu", dtype=torch.bfloat16)` around forward + loss (the
+                             loss on the prediction cast to fp32); weights, gradients, Adam in fp32;
+  --compile                  `torch.compile` (Inductor) of forward + loss; if compiling fails, the error
+                             goes into the JSON (`compile_error`) and the run goes on eagerly;
+  --adam_impl=foreach|fused  torch's multi-tensor or fused Adam instead of its CPU default.
 
-  --precision=float32        everything in fp32;
-  --precision=bf16_autocast  `torch.autocast("cpu", dtype=torch.bfloat16)` around forward + loss
-                             (the loss itself is taken on the prediction cast to fp32); the
-                             weights, gradients and Adam stay fp32;
-  --compile=1                `torch.compile` of forward + loss (Inductor; the backward graph is
-                             compiled by AOTAutograd on the first step). If compiling fails, the
-                             error goes into the JSON (`compile_error`), the run falls back to
-                             eager and says so in the table.
+Timed like `train_throughput.py`: the first step (`compile_s` = it minus one steady-state step),
+`--warmup_steps` untimed steps, then timed sections of `--timed_steps` steps of this Python loop
+(no per-section set-up). JSON lines in train_throughput.py's schema (network "pytorch_port") and
+a row in the "Training throughput" table; the machine info has torch's versions and threads, and
+TensorFlow is never imported (it would inflate the peak RSS) except by --check_port.
 
-Measured like `train_throughput.py`, in one process: the first step (`first_call_s`; with
---compile=1 it includes compilation; `compile_s` = that minus one steady-state step);
-`--warmup_steps` untimed steps; `--repeats` timed sections of `--timed_steps` steps each with
-common.py's contention-aware `measure` (more, up to `--extra_repeats`, while fewer than
-`--repeats` were uncontended) → images/s per section and the median over the uncontended ones;
-the process's peak RSS at the end. torch's intra-op threads are set to the CPUs this process may
-use (`--threads`). Data: `--cache_batches` distinct batches of uniform noise in [−1, 1] held in
-memory, cycled.
-
-Prints JSON lines in train_throughput.py's schema (network "pytorch_port"; one "repeat" record
-per timed section, then the "summary" record with the machine info and the exact command) and
-appends a row to the "Training throughput" table of --markdown (default docs/BENCHMARKS.md,
-'' for none; the "XLA" column says "torch.compile" for --compile=1).
-
-    python benchmarks/peers_torch.py --check_port=1
-
-compares the forward pass with tfdiffusion's Keras `SeedUNet` (same weights copied over,
-random inputs) and prints the largest difference instead of timing anything.
-
-PyTorch is a benchmark-only dependency of this script, not of tfdiffusion: `pip install torch`.
+PyTorch is a benchmark-only dependency, not tfdiffusion's: `pip install torch`.
 """
 
-import argparse
-import datetime
 import math
 import os
-import platform
 import shutil
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from absl import app, flags
 
-import common  # noqa: E402  pylint: disable=wrong-import-position
+import common
 
 try:
-    import torch  # noqa: E402  pylint: disable=wrong-import-position
-    import torch.nn.functional as F  # noqa: E402  pylint: disable=wrong-import-position
-    from torch import nn  # noqa: E402  pylint: disable=wrong-import-position
-except ImportError as error:  # pragma: no cover - depends on the environment
-    raise SystemExit(
-        "benchmarks/peers_torch.py needs PyTorch, which tfdiffusion does not depend on. "
-        f"Install a CPU build first, e.g. `pip install torch`. ({error})"
-    ) from error
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+except ImportError as error:  # depends on the environment
+    raise SystemExit("benchmarks/peers_torch.py needs PyTorch, which tfdiffusion does not depend on. "
+                     f"Install a CPU build first, e.g. `pip install torch`. ({error})") from error
 
 TUTORIAL_PARAMS = 2_020_353
 IMAGE_SHAPE = (28, 28, 1)  # H, W, C as in the Keras benchmarks; tensors here are N, C, H, W in channels-last memory
@@ -77,6 +55,18 @@ NUM_TIMESTEPS = 400
 NETWORK_NAME = "pytorch_port"
 PRECISIONS = ("float32", "bf16_autocast")
 ADAM_IMPLS = ("default", "foreach", "fused")  # default: torch's choice (the per-tensor loop on CPU)
+
+flags.DEFINE_enum("precision", "float32", PRECISIONS, "float32, or bf16 autocast around forward + loss.")
+flags.DEFINE_bool("compile", False, "torch.compile forward + loss.")
+flags.DEFINE_enum("compile_cache", "fresh", ("fresh", "shared"),
+                  "With --compile: 'fresh' compiles into a new temporary Inductor cache (a cold compile, like "
+                  "XLA's), 'shared' uses the usual one (TORCHINDUCTOR_CACHE_DIR).")
+flags.DEFINE_integer("threads", 0, "torch.set_num_threads (0: the CPUs this process may use).", lower_bound=0)
+flags.DEFINE_enum("adam_impl", "default", ADAM_IMPLS, "torch.optim.Adam's kernel (default: torch's choice).")
+flags.DEFINE_integer("seed", 0, "Seed of the weights, the data and the draws.")
+flags.DEFINE_bool("check_port", False, "Compare the forward pass with tfdiffusion's SeedUNet instead of timing.")
+common.define_throughput_flags()
+FLAGS = flags.FLAGS
 
 
 # -- the network ------------------------------------------------------------------------------
@@ -222,86 +212,13 @@ def make_batches(batch_size, cache_batches, seed=0):
     ]
 
 
-# -- machine info -----------------------------------------------------------------------------
-def machine_info(threads):
-    """Like common.machine_info, without importing TensorFlow (which would inflate the peak RSS)."""
-    import numpy as np  # pylint: disable=import-outside-toplevel
-
-    model, flags = common._cpuinfo()  # pylint: disable=protected-access
-    interesting = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "avx512_vnni")
-    try:
-        capability = torch.backends.cpu.get_cpu_capability()
-    except AttributeError:
-        capability = None
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "cpu_model": model,
-        "cores": common.num_cores(),
-        "cpu_flags": [flag for flag in interesting if flag in flags],
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "torch_threads": threads,
-        "torch_interop_threads": torch.get_num_interop_threads(),
-        "torch_cpu_capability": capability,
-        "onednn": bool(torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled),
-        "gpus": torch.cuda.device_count() if torch.cuda.is_available() else 0,
-        "git": common._git_revision(),  # pylint: disable=protected-access
-        "hostname": platform.node(),
-    }
-
-
-def short_environment(info):
-    return (f"PyTorch {info['torch']}, {info['cores']} cores, {info['torch_threads']} threads, "
-            f"oneDNN {'on' if info['onednn'] else 'off'}" + (f", git {info['git']}" if info.get("git") else ""))
-
-
-def _ensure_markdown_header(path, info):
-    """Creates a missing results file with common.py's header (TF versions included when importable)."""
-    if os.path.exists(os.path.abspath(path)):
-        return
-    try:
-        header_info = common.machine_info()  # imports TensorFlow: only after all measurements
-    except ImportError:
-        header_info = {**info, "tensorflow": "not installed", "keras": "not installed"}
-    common.ensure_markdown(path, header_info)
-
-
-# -- the benchmark ----------------------------------------------------------------------------
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--precision", choices=PRECISIONS, default="float32")
-    parser.add_argument("--compile", type=int, choices=(0, 1), default=0, help="torch.compile forward + loss")
-    parser.add_argument("--compile_cache", choices=("fresh", "shared"), default="fresh",
-                        help="with --compile=1: 'fresh' compiles into a new temporary Inductor cache (a cold "
-                             "compile, like XLA's), 'shared' uses the usual one (TORCHINDUCTOR_CACHE_DIR)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch.set_num_threads (0: the CPUs this process may use)")
-    parser.add_argument("--warmup_steps", type=int, default=5)
-    parser.add_argument("--timed_steps", type=int, default=20, help="steps per timed repeat")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--extra_repeats", type=int, default=2,
-                        help="further repeats allowed while fewer than --repeats were uncontended")
-    parser.add_argument("--contention_threshold", type=float, default=common.DEFAULT_CONTENTION_THRESHOLD)
-    parser.add_argument("--max_wait_idle_s", type=float, default=0.0,
-                        help="before each repeat, wait up to this long for the machine to be quiet")
-    parser.add_argument("--cache_batches", type=int, default=8, help="distinct batches held in memory")
-    parser.add_argument("--learning_rate", type=float, default=1e-4)
-    parser.add_argument("--adam_impl", choices=ADAM_IMPLS, default="default",
-                        help="torch.optim.Adam's kernel (default: torch's choice, a per-tensor loop on CPU)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--check_port", type=int, choices=(0, 1), default=0,
-                        help="compare the forward pass with tfdiffusion's Keras SeedUNet instead of timing")
-    parser.add_argument("--markdown", default=common.DEFAULT_MARKDOWN,
-                        help="results file to append a row to ('' for none); use /tmp for smoke tests")
-    args = parser.parse_args(argv)
-    for name in ("batch_size", "timed_steps", "repeats", "cache_batches"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be >= 1. Received: {getattr(args, name)}")
-    if args.warmup_steps < 0 or args.extra_repeats < 0 or args.threads < 0:
-        parser.error("--warmup_steps, --extra_repeats and --threads must be >= 0")
-    return args
+# -- the harness --------------------------------------------------------------------------------
+def torch_info(threads):
+    """The framework facts of `common.machine_info` for this process."""
+    return {"torch": torch.__version__, "torch_threads": threads, "torch_interop_threads": torch.get_num_interop_threads(),
+            "torch_cpu_capability": getattr(torch.backends.cpu, "get_cpu_capability", lambda: None)(),
+            "onednn": bool(torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled),
+            "gpus": torch.cuda.device_count() if torch.cuda.is_available() else 0}
 
 
 def _short_error(error, limit=2000):
@@ -309,86 +226,54 @@ def _short_error(error, limit=2000):
     return text if len(text) <= limit else text[:limit] + " …"
 
 
-def run(args):
-    cache_dir = None
-    if args.compile and args.compile_cache == "fresh":
-        cache_dir = tempfile.mkdtemp(prefix="peers_torch_inductor_")
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir  # read by Inductor when it first compiles
+def first_step(trainer, train):
+    """(Timer of the first step, its loss, the compile error or None); falls back to eager if compiling fails."""
     try:
-        return _run(args)
-    finally:
-        if cache_dir:
-            shutil.rmtree(cache_dir, ignore_errors=True)
+        with common.Timer(FLAGS.contention_threshold) as first:
+            return first, train(1), None
+    except Exception as error:  # pylint: disable=broad-except
+        if not FLAGS.compile:
+            raise
+        print(f"torch.compile failed, going on eagerly: {_short_error(error)}", file=sys.stderr, flush=True)
+        trainer.use_eager()
+        with common.Timer(FLAGS.contention_threshold) as first:
+            return first, train(1), _short_error(error)
 
 
-def _run(args):
-    threads = args.threads or common.num_cores()
+def run():
+    threads = FLAGS.threads or common.num_cores()
     torch.set_num_threads(threads)
-    torch.manual_seed(args.seed)
-    info = machine_info(threads)
-    command = common.command_line()
-
+    torch.manual_seed(FLAGS.seed)
+    info, command = common.machine_info(torch_info(threads)), common.command_line()
     network = build_network()
-    params = count_params(network)
-    trainer = Trainer(network, args.precision, compile_network=bool(args.compile), learning_rate=args.learning_rate,
-                      adam_impl=args.adam_impl, seed=args.seed)
-    batches = make_batches(args.batch_size, args.cache_batches, args.seed)
-    rss_before_training = common.peak_rss_mb()
-    position = [0]
+    trainer = Trainer(network, FLAGS.precision, compile_network=FLAGS.compile, learning_rate=FLAGS.learning_rate,
+                      adam_impl=FLAGS.adam_impl, seed=FLAGS.seed)
+    batches = make_batches(FLAGS.batch_size, FLAGS.cache_batches, FLAGS.seed)
+    rss_after_build_mb, position = common.peak_rss_mb(), [0]
 
     def train(steps):
-        loss = None
+        loss = float("nan")
         for _ in range(steps):
             loss = trainer.step(batches[position[0] % len(batches)])
             position[0] += 1
         return float(loss)
 
-    compile_error = None
-    try:
-        with common.Timer(args.contention_threshold) as first:
-            first_loss = train(1)
-    except Exception as error:  # pylint: disable=broad-except
-        if not args.compile:
-            raise
-        compile_error = _short_error(error)
-        print(f"torch.compile failed, going on eagerly: {compile_error}", file=sys.stderr, flush=True)
-        trainer.use_eager()
-        with common.Timer(args.contention_threshold) as first:
-            first_loss = train(1)
-    compiled = bool(args.compile) and compile_error is None
-    if args.warmup_steps:
-        train(args.warmup_steps)
-
-    base = {"benchmark": "train_throughput", "network": NETWORK_NAME, "batch_size": args.batch_size,
-            "precision": args.precision, "jit_compile": False, "steps_per_execution": 1, "params": params,
-            "framework": "pytorch", "torch_compile": compiled, "channels_last": True, "adam_impl": args.adam_impl}
-    if args.compile:
-        base["torch_compile_requested"] = True
-        base["compile_cache"] = args.compile_cache
+    first, first_loss, compile_error = first_step(trainer, train)
+    train(FLAGS.warmup_steps)
+    base = {"benchmark": "train_throughput", "network": NETWORK_NAME, "batch_size": FLAGS.batch_size,
+            "precision": FLAGS.precision, "jit_compile": False, "steps_per_execution": 1,
+            "timed_steps": FLAGS.timed_steps, "params": count_params(network), "rss_after_build_mb": rss_after_build_mb,
+            "framework": "pytorch", "torch_compile": FLAGS.compile and compile_error is None, "channels_last": True,
+            "adam_impl": FLAGS.adam_impl}
+    if FLAGS.compile:
+        base.update(torch_compile_requested=True, compile_cache=FLAGS.compile_cache)
     if compile_error:
         base["compile_error"] = compile_error
-
-    def timed():
-        return {"loss": train(args.timed_steps)}
-
-    summary = common.measure(timed, args.repeats, threshold=args.contention_threshold,
-                             extra_repeats=args.extra_repeats, max_wait_idle_s=args.max_wait_idle_s)
-    record = common.throughput_summary(
-        base, summary["runs"], first, first_loss, batch_size=args.batch_size, timed_steps=args.timed_steps,
-        first_call_steps=1, warmup_steps=args.warmup_steps, repeats=args.repeats,
-        contention_threshold=args.contention_threshold, rss_after_build_mb=rss_before_training, command=command,
-        info=info)
-    if args.markdown:
-        _ensure_markdown_header(args.markdown, info)
-        if compiled:
-            compiler = "torch.compile"
-        elif args.compile:
-            compiler = "torch.compile failed, eager"
-        else:
-            compiler = False
-        row = common.throughput_row(record, compiler=compiler, environment=short_environment(info))
-        common.append_markdown_row("Training throughput", row, command, path=args.markdown, info=info)
-    return record
+    runs = common.measure(lambda: {"loss": train(FLAGS.timed_steps)})
+    record = common.throughput_summary(base, runs, first, first_loss, first_call_steps=1,
+                                       warmup_steps=FLAGS.warmup_steps, command=command, info=info)
+    compiler = ("torch.compile" if record["torch_compile"] else "torch.compile failed, eager") if FLAGS.compile else False
+    common.append_throughput_row(record, compiler=compiler)
 
 
 # -- faithfulness check against the Keras SeedUNet --------------------------------------------
@@ -428,20 +313,20 @@ def copy_keras_weights(keras_net, network):
     conv(keras_net.final_conv, network.final_conv)
 
 
-def check_port(args):
+def check_port():
     """Same weights, same inputs: the port's ε̂ against tfdiffusion's SeedUNet (imports TensorFlow)."""
     import numpy as np  # pylint: disable=import-outside-toplevel
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras  # pylint: disable=import-outside-toplevel
 
-    import tfdiffusion as tfd  # pylint: disable=import-outside-toplevel
+    from tfdiffusion import layers  # pylint: disable=import-outside-toplevel
 
-    torch.set_num_threads(args.threads or common.num_cores())
-    rng = np.random.default_rng(args.seed)
+    torch.set_num_threads(FLAGS.threads or common.num_cores())
+    rng = np.random.default_rng(FLAGS.seed)
     x = rng.uniform(-1.0, 1.0, (4,) + IMAGE_SHAPE).astype(np.float32)
     t = np.array([0, 1, 199, 399], dtype=np.int32)
-    keras_net = tfd.layers.SeedUNet(output_channels=IMAGE_SHAPE[-1])
+    keras_net = layers.SeedUNet(output_channels=IMAGE_SHAPE[-1])
     expected = keras.ops.convert_to_numpy(keras_net(x, t))
     network = build_network()
     copy_keras_weights(keras_net, network)
@@ -460,13 +345,21 @@ def check_port(args):
     return record
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    if args.check_port:
-        check_port(args)
-    else:
-        run(args)
+def main(argv):
+    del argv
+    if FLAGS.check_port:
+        check_port()
+        return
+    cache_dir = None
+    if FLAGS.compile and FLAGS.compile_cache == "fresh":
+        cache_dir = tempfile.mkdtemp(prefix="peers_torch_inductor_")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir  # read by Inductor when it first compiles
+    try:
+        run()
+    finally:
+        if cache_dir:
+            shutil.rmtree(cache_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

@@ -8,13 +8,13 @@
 #
 # Environment: MARKDOWN (results file), OUT (JSON lines of this run), REPEATS (3), XLA (1: also the
 # jit_compile=True rows), TORCH_COMPILE (1: also the torch.compile row), SAMPLERS ("ddpm ddim dpmpp_2m"),
-# TIMED_STEPS (30), WARMUP_STEPS (5), MAX_WAIT_IDLE_S (0: seconds to wait for a quiet machine
+# BF16_SAMPLERS ("dpmpp_2m": also sampled under mixed_bfloat16), TIMED_STEPS (30), WARMUP_STEPS (5), MAX_WAIT_IDLE_S (0: seconds to wait for a quiet machine
 # before each timed section), EXTRA_REPEATS (2 for training, 1 for sampling by default).
 # Every variant runs in its own process (clean peak RSS, compile time and graph caches);
 # tfdiffusion and the plain Keras port alternate so that a drift in the machine's load
 # affects both. A failed variant is reported and the suite goes on; the exit code is 1 if
 # any failed. At the end, benchmarks/summarize_run.py turns this run's JSON lines into the
-# ratios and issue-7 targets of the "Run summary" table.
+# ratios and the targets of issues 7 and 16 in the "Run summary" table.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,6 +59,10 @@ for line in sys.stdin:
 }
 
 echo "JSON lines: $OUT   stderr: ${OUT%.jsonl}.log   results: $MARKDOWN" >&2
+# Whether bf16 can pay here (AMX) decides what the bf16 rows mean; every summary record has the
+# flags and tfdiffusion's "auto" decision too.
+python -c 'from tfdiffusion import precision; flags = precision.cpu_flags()
+print("CPU bf16 units:", ", ".join(f"{f} {f in flags}" for f in ("amx_bf16", "amx_tile", "avx512_bf16")))' >&2
 SECONDS=0
 # Training throughput: fp32 graph mode (the default on CPU), XLA, mixed_bfloat16.
 run "${TRAIN[@]}" --network=seed_unet        --precision=float32        --jit_compile=0
@@ -91,11 +95,15 @@ declare -A SAMPLER_STEPS=([ddpm]=$DDPM_STEPS [ddim]=$DDIM_STEPS [dpmpp_2m]=$DPM_
 for sampler in ${SAMPLERS:-ddpm ddim dpmpp_2m}; do
   run "${SAMPLE[@]}" --sampler="$sampler" --num_steps="${SAMPLER_STEPS[$sampler]}"
 done
+# The same under bfloat16 compute (`DiffusionModel.with_dtype_policy`), against the float32 rows above.
+for sampler in ${BF16_SAMPLERS-dpmpp_2m}; do
+  run "${SAMPLE[@]}" --sampler="$sampler" --num_steps="${SAMPLER_STEPS[$sampler]}" --precision=mixed_bfloat16
+done
 
 if [[ "${DRY_RUN:-0}" != 1 ]]; then
   echo "[$(date -u +%H:%M:%S)] summary of this run (${SECONDS} s):" >&2
   python benchmarks/summarize_run.py --jsonl="$OUT" --markdown="$MARKDOWN" \
-    --command="MARKDOWN=$MARKDOWN REPEATS=$REPEATS TIMED_STEPS=$TIMED_STEPS WARMUP_STEPS=$WARMUP_STEPS XLA=${XLA:-1} TORCH_COMPILE=${TORCH_COMPILE:-1} SAMPLERS='${SAMPLERS:-ddpm ddim dpmpp_2m}' bash benchmarks/run_all.sh" \
+    --command="MARKDOWN=$MARKDOWN REPEATS=$REPEATS TIMED_STEPS=$TIMED_STEPS WARMUP_STEPS=$WARMUP_STEPS XLA=${XLA:-1} TORCH_COMPILE=${TORCH_COMPILE:-1} SAMPLERS='${SAMPLERS:-ddpm ddim dpmpp_2m}' BF16_SAMPLERS='${BF16_SAMPLERS-dpmpp_2m}' bash benchmarks/run_all.sh" \
     >>"$OUT" || failures=$((failures + 1))
 fi
 [[ $failures -eq 0 ]] || { echo "$failures benchmark(s) failed" >&2; exit 1; }

@@ -2,37 +2,40 @@
 
     python benchmarks/summarize_run.py --jsonl=/tmp/tfdiffusion-bench-....jsonl [--markdown=docs/BENCHMARKS.md]
 
-Reads the "summary" records of `train_throughput.py` and `sampling.py`, forms the ratios
-that only mean something within one run on one machine (tfdiffusion vs the plain Keras port
-under the same precision and XLA setting, bf16 vs fp32, DPM-Solver++ 20 steps vs DDPM 400,
-served vs in-process), compares them with the targets of issue 7, prints them as JSON lines
-and appends them to the "Run summary" table of --markdown ('' for none). A ratio built from
-a contended median is marked contended. Also prints issue 7's peer table as measured in this
-run, with tfdiffusion's rows added, for README.md and docs/BENCHMARKS.md.
+Reads the "summary" records of `train_throughput.py`, `peers_torch.py` and `sampling.py`, forms
+the ratios that only mean something within one run on one machine (tfdiffusion vs the plain Keras
+port and the PyTorch port under the same precision, bf16 vs fp32 for training and sampling,
+DPM-Solver++ 20 steps vs DDPM 400, served vs in-process), compares them with the targets of issues
+7 and 16, prints them as JSON lines and appends them to the "Run summary" table of --markdown. The
+first rows say which bf16 units the CPU has and what tfdiffusion's `mixed_precision="auto"` picks
+here, and why. A ratio built from a contended median is marked contended. Also prints issue 7's
+peer table as measured in this run, with tfdiffusion's rows added, for README.md and docs/BENCHMARKS.md.
 """
 
-import argparse
 import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from absl import app, flags
 
-import common  # noqa: E402  pylint: disable=wrong-import-position
+import common
+
+flags.DEFINE_string("jsonl", None, "The JSON lines of one run.", required=True)
+flags.DEFINE_string("command", "bash benchmarks/run_all.sh", "The command of the run.")
+common.define_markdown_flag()
+FLAGS = flags.FLAGS
 
 
 def load(path):
+    """The "summary" records of a JSON-lines file (other lines are skipped)."""
     records = []
     with open(path, encoding="utf-8") as f:
         for line in f:
-            line = line.strip()
-            if not line.startswith("{"):
-                continue
             try:
-                record = json.loads(line)
+                record = json.loads(line) if line.lstrip().startswith("{") else None
             except json.JSONDecodeError:
                 continue
-            if record.get("event") == "summary":
+            if record and record.get("event") == "summary":
                 records.append(record)
     return records
 
@@ -48,28 +51,33 @@ def _training_records(records):
             and r["steps_per_execution"] == 1]
 
 
-def metrics(records):
-    """(metric, value, target text, met or None, contended) tuples."""
-    out = []
+def _sampling_records(records, precision=None):
+    return [r for r in records if r["benchmark"] == "sampling" and r["batch_size"] == 16
+            and precision in (None, r.get("precision", "float32"))]
 
-    def add(name, value, target=None, met=None, contended=False):
-        out.append({"metric": name, "value": value, "target": target, "met": met, "contended": bool(contended)})
 
-    train = _training_records(records)
+def machine_metrics(records, add):
+    """The CPU's bf16 units and tfdiffusion's "auto" precision here (from the first record's machine info)."""
+    info = next((r["machine"] for r in records if "auto_precision" in r.get("machine", {})), None)
+    if info:
+        add("CPU bf16 units (amx_bf16, avx512_bf16)",
+            f"amx_bf16 {'yes' if info['amx_bf16'] else 'no'}, avx512_bf16 {'yes' if info['avx512_bf16'] else 'no'}")
+        add('tfdiffusion mixed_precision="auto" here', f"{info['auto_precision']} ({info['auto_precision_reason']})")
+
+
+def training_metrics(train, add):
+    """tfdiffusion against the Keras port per precision and XLA setting, bf16 / fp32, and the targets."""
     for precision in ("float32", "mixed_bfloat16"):
         for jit in (False, True):
             ours = _last(train, network="seed_unet", precision=precision, jit_compile=jit)
             peer = _last(train, network="plain_keras_port", precision=precision, jit_compile=jit)
             label = f"{precision}{', XLA' if jit else ''}"
             if ours:
-                target, met = None, None
-                if precision == "float32" and not jit:
-                    target, met = ">= 100", ours["images_per_s"] >= 100
-                if precision == "mixed_bfloat16" and not jit:
-                    target, met = ">= 200", ours["images_per_s"] >= 200
-                add(f"seed_unet train images/s ({label})", ours["images_per_s"], target, met, ours["contended"])
+                floor = None if jit else {"float32": 100, "mixed_bfloat16": 200}[precision]
+                add(f"seed_unet train images/s ({label})", ours["images_per_s"], floor and f">= {floor}",
+                    floor and ours["images_per_s"] >= floor, ours["contended"])
             if peer:
-                add(f"plain_keras_port train images/s ({label})", peer["images_per_s"], None, None, peer["contended"])
+                add(f"plain_keras_port train images/s ({label})", peer["images_per_s"], contended=peer["contended"])
             if ours and peer:
                 ratio = ours["images_per_s"] / peer["images_per_s"]
                 add(f"seed_unet / plain_keras_port ({label})", ratio, ">= 1.0", ratio >= 1.0,
@@ -77,25 +85,8 @@ def metrics(records):
     fp32 = _last(train, network="seed_unet", precision="float32", jit_compile=False)
     bf16 = _last(train, network="seed_unet", precision="mixed_bfloat16", jit_compile=False)
     if fp32 and bf16:
-        add("seed_unet mixed_bfloat16 / float32 images/s", bf16["images_per_s"] / fp32["images_per_s"], None, None,
-            fp32["contended"] or bf16["contended"])
-    # The PyTorch port (benchmarks/peers_torch.py): eager and torch.compile, fp32 and bf16 autocast.
-    torch_runs = {}
-    for precision in ("float32", "bf16_autocast"):
-        for compiled in (False, True):
-            peer = _last(train, network="pytorch_port", precision=precision, torch_compile=compiled)
-            if peer:
-                torch_runs[precision, compiled] = peer
-                add(f"pytorch_port train images/s ({precision}{', torch.compile' if compiled else ''})",
-                    peer["images_per_s"], None, None, peer["contended"])
-    for ours, precision, target in ((fp32, "float32", 1.0), (bf16, "bf16_autocast", 1.15)):
-        peers = [r for (p, _), r in torch_runs.items() if p == precision]
-        if ours and peers:
-            best = max(peers, key=lambda r: r["images_per_s"])
-            ratio = ours["images_per_s"] / best["images_per_s"]
-            add(f"seed_unet {ours['precision']} / fastest pytorch_port {precision}"
-                f"{' (torch.compile)' if best['torch_compile'] else ' (eager)'}", ratio, f">= {target}",
-                ratio >= target, ours["contended"] or best["contended"])
+        add("seed_unet mixed_bfloat16 / float32 images/s", bf16["images_per_s"] / fp32["images_per_s"],
+            contended=fp32["contended"] or bf16["contended"])
     # Issue 7's memory target is for training as the binaries run it on CPU (float32, graph mode).
     if fp32:
         add("seed_unet training peak RSS MiB (float32, graph mode: the CPU default)", fp32["peak_rss_mb"], "<= 1536",
@@ -105,10 +96,32 @@ def metrics(records):
         worst = max(seed_runs, key=lambda r: r["peak_rss_mb"])
         add(f"seed_unet training peak RSS MiB (max over runs: {worst['precision']}"
             f"{', XLA' if worst['jit_compile'] else ''})", worst["peak_rss_mb"])
+    torch_metrics(train, {"float32": fp32, "bf16_autocast": bf16}, add)
 
-    sampling = [r for r in records if r["benchmark"] == "sampling" and r["batch_size"] == 16]
-    ddpm = _last(sampling, sampler="ddpm", num_steps=400)
-    dpm = _last(sampling, sampler="dpmpp_2m", num_steps=20)
+
+def torch_metrics(train, ours, add):
+    """The PyTorch port (eager and torch.compile, fp32 and bf16 autocast) and tfdiffusion against its fastest."""
+    for precision, target in (("float32", 1.0), ("bf16_autocast", 1.15)):
+        peers = []
+        for compiled in (False, True):
+            peer = _last(train, network="pytorch_port", precision=precision, torch_compile=compiled)
+            if peer:
+                peers.append(peer)
+                add(f"pytorch_port train images/s ({precision}{', torch.compile' if compiled else ''})",
+                    peer["images_per_s"], contended=peer["contended"])
+        if ours[precision] and peers:
+            best = max(peers, key=lambda r: r["images_per_s"])
+            ratio = ours[precision]["images_per_s"] / best["images_per_s"]
+            add(f"seed_unet {ours[precision]['precision']} / fastest pytorch_port {precision}"
+                f"{' (torch.compile)' if best['torch_compile'] else ' (eager)'}", ratio, f">= {target}",
+                ratio >= target, ours[precision]["contended"] or best["contended"])
+
+
+def sampling_metrics(records, add):
+    """Issue 7's sampling targets (float32 rows), served and eager against in-process, bf16 / fp32 time."""
+    fp32 = _sampling_records(records, "float32")
+    ddpm = _last(fp32, sampler="ddpm", num_steps=400)
+    dpm = _last(fp32, sampler="dpmpp_2m", num_steps=20)
     if ddpm and "inprocess_s" in ddpm:
         add("DDPM 400 steps, 16 images, in-process s", ddpm["inprocess_s"], "<= 20", ddpm["inprocess_s"] <= 20,
             ddpm["inprocess_contended"])
@@ -116,13 +129,32 @@ def metrics(records):
         speedup = ddpm["inprocess_s"] / dpm["inprocess_s"]
         add("DDPM 400 / DPM-Solver++ 20 time (speed-up)", speedup, ">= 15 (at equal FID)", speedup >= 15,
             ddpm["inprocess_contended"] or dpm["inprocess_contended"])
-    for r in sampling:
+    for r in _sampling_records(records):
+        bf16 = r.get("precision", "float32") != "float32"
+        label = f"{r['sampler']} {r['num_steps']}" + (f", {r['precision']}" if bf16 else "")
         if "served_over_inprocess" in r:
-            add(f"served / in-process ({r['sampler']} {r['num_steps']})", r["served_over_inprocess"], "<= 1.1",
-                r["served_over_inprocess"] <= 1.1, r["served_contended"] or r["inprocess_contended"])
+            add(f"served / in-process ({label})", r["served_over_inprocess"], "<= 1.1", r["served_over_inprocess"] <= 1.1,
+                r["served_contended"] or r["inprocess_contended"])
         if "eager_over_inprocess" in r:
-            add(f"eager loop / in-process ({r['sampler']} {r['num_steps']})", r["eager_over_inprocess"], None, None,
+            add(f"eager loop / in-process ({label})", r["eager_over_inprocess"], None, None,
                 r["eager_contended"] or r["inprocess_contended"])
+        reference = _last(fp32, sampler=r["sampler"], num_steps=r["num_steps"])
+        if bf16 and reference and "inprocess_s" in r and "inprocess_s" in reference:
+            add(f"sampling {r['precision']} / float32 in-process time ({r['sampler']} {r['num_steps']})",
+                r["inprocess_s"] / reference["inprocess_s"], contended=r["inprocess_contended"]
+                or reference["inprocess_contended"])
+
+
+def metrics(records):
+    """[{metric, value, target text, met or None, contended}] of one run."""
+    out = []
+
+    def add(name, value, target=None, met=None, contended=False):
+        out.append({"metric": name, "value": value, "target": target, "met": met, "contended": bool(contended)})
+
+    machine_metrics(records, add)
+    training_metrics(_training_records(records), add)
+    sampling_metrics(records, add)
     return out
 
 
@@ -149,8 +181,7 @@ PEER_ROWS = (
 def peer_table(records):
     """Issue 7's peer table with this run's figures and tfdiffusion's rows added (markdown lines)."""
     train = _training_records(records)
-    ddpm = _last([r for r in records if r["benchmark"] == "sampling" and r["batch_size"] == 16],
-                 sampler="ddpm", num_steps=400)
+    ddpm = _last(_sampling_records(records, "float32"), sampler="ddpm", num_steps=400)
     lines = ["| implementation | issue 7, AMD EPYC (quoted): train images/s / 16 images × 400 DDPM steps "
              "| this run: train images/s | this run: 16 images × 400 DDPM steps |",
              "|---|---|---|---|"]
@@ -167,42 +198,28 @@ def peer_table(records):
             rate = common.format_value(record["images_per_s"]) + (" (contended)" if record["contended"] else "")
             if ddpm and network == "seed_unet" and precision == "float32" and not jit:
                 sampling = (f"{common.format_value(ddpm['inprocess_s'])} s in-process, "
-                            f"{common.format_value(ddpm['served_s'])} s served (one `tf.while_loop`)")
+                            f"{common.format_value(ddpm.get('served_s'))} s served (one `tf.while_loop`)")
         lines.append(f"| {label} | {quoted} | {rate} | {sampling} |")
     return lines
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jsonl", required=True, help="the JSON lines of one run")
-    parser.add_argument("--markdown", default=common.DEFAULT_MARKDOWN, help="results file ('' for none)")
-    parser.add_argument("--command", default="bash benchmarks/run_all.sh", help="the command of the run")
-    args = parser.parse_args(argv)
-    records = load(args.jsonl)
+def main(argv):
+    del argv
+    records = load(FLAGS.jsonl)
     if not records:
-        raise SystemExit(f"No summary records in {args.jsonl}")
+        raise SystemExit(f"No summary records in {FLAGS.jsonl}")
     info = records[0].get("machine") or {}
-    run_id = os.path.basename(args.jsonl)
+    run_id = os.path.basename(FLAGS.jsonl)
     for metric in metrics(records):
         common.emit_json({"event": "run_summary", "run": run_id, **metric})
-        verdict = "" if metric["target"] is None else f"  (target {metric['target']}: " + (
-            "met)" if metric["met"] else "NOT met)")
+        verdict = "" if metric["target"] is None else f"  (target {metric['target']}: {'met' if metric['met'] else 'NOT met'})"
         print(f"    {metric['metric']}: {common.format_value(metric['value'])}{verdict}"
               + ("  [contended]" if metric["contended"] else ""), file=sys.stderr)
-        if args.markdown:
-            row = {
-                "date": str(info.get("date", ""))[:16].replace("T", " "),
-                "run": run_id,
-                "metric": metric["metric"],
-                "value": metric["value"],
-                "target": metric["target"],
-                "met": metric["met"],
-                "contended": metric["contended"],
-            }
-            common.append_markdown_row("Run summary", row, args.command, path=args.markdown, info=info or None)
+        row = {"date": common.row_date(info) if info else "", "run": run_id, **metric}
+        common.append_markdown_row("Run summary", row, FLAGS.command, info)
     print("\nIssue 7's table from this run (for README.md and docs/BENCHMARKS.md):\n" + "\n".join(peer_table(records)),
           file=sys.stderr)
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

@@ -15,9 +15,11 @@ Recipes (both the tutorial's SeedUNet, 2,020,353 params, on the MNIST training i
 Protocol: the clock runs while `model.fit` runs (tracing and the first step included); every
 `--snapshot_minutes` of it the weights used for sampling (the EMA ones when the recipe has EMA)
 are copied aside, off the clock, and training stops at `--minutes`. Then, still in the same
-process, each snapshot is evaluated: `--num_samples` samples with DPM-Solver++(2M), 20 steps
-(the same for every recipe), seed s + batch index, FID of the classifier's features against the
-10,000 MNIST test images (statistics cached beside the classifier), as `benchmarks/mnist_quality.py`.
+process, each snapshot is evaluated with `tfdiffusion.evaluation`'s protocol: `--num_samples`
+samples with DPM-Solver++(2M), 20 steps (the same for every recipe), batch i with seed
+`evaluation.batch_seed(--seed, i)` (runs before this change used seed + i: same distribution,
+other draws), FID of the classifier's features against the 10,000 MNIST test images (statistics
+cached beside the classifier), as `benchmarks/mnist_quality.py`.
 Run one recipe per process, one after the other, on a quiet machine.
 """
 
@@ -28,12 +30,11 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 import common  # noqa: E402
-from tfdiffusion import data, metrics, plots, training  # noqa: E402
+from tfdiffusion import builders, checkpoints, data, evaluation, plots  # noqa: E402
 
 RECIPES = ("default", "tutorial")
 _RECIPE = flags.DEFINE_enum("recipe", None, RECIPES, "Which recipe to train.")
@@ -49,7 +50,7 @@ _OUTPUT = flags.DEFINE_string("output", None, "JSON-lines file of this recipe's 
 _COMPARE = flags.DEFINE_list("compare", [], "JSON-lines files of finished runs: write the table and the figure.")
 _FIGURE = flags.DEFINE_string("figure", os.path.join(common.REPO_ROOT, "docs", "figures", "time_to_quality.png"),
                               "FID-vs-minutes figure of --compare.")
-_MARKDOWN = flags.DEFINE_string("markdown", common.DEFAULT_MARKDOWN, "Results file ('' writes none).")
+common.define_markdown_flag()
 
 
 def recipe_config(recipe, config):
@@ -100,13 +101,11 @@ class WallClockSnapshots(keras.callbacks.Callback):
 
 
 def train_for(config, budget_s, every_s):
-    x, labels = training.load_training_data(config.data, config.seed)
+    x, _ = builders.load_training_data(config.data, config.seed)
     keras.utils.set_random_seed(config.seed)
-    model = training.build_model(config)
-    model(keras.ops.zeros((1,) + x.shape[1:]))
     # The schedule's length only matters for a cosine schedule; an upper bound on the steps.
-    model.compile(optimizer=training.build_optimizer(config.optimizer, config.train.steps),
-                  jit_compile=training.resolve_jit_compile(config.train.jit_compile))
+    model = builders.build_compiled_model(config, x.shape[1:],
+                                          jit_compile=builders.resolve_jit_compile(config.train.jit_compile))
     snapshots = WallClockSnapshots(budget_s, every_s)
     dataset = data.step_indexed_batches(x, None, config.data.batch_size, seed=config.seed)
     model.fit(dataset, steps_per_epoch=10**7, epochs=1, callbacks=[snapshots], verbose=0)
@@ -116,23 +115,15 @@ def train_for(config, budget_s, every_s):
 def evaluate(model, snapshots, extractor, reference):
     for seconds, step, weights in snapshots:
         model.set_weights(weights)
-        batches = []
-        for index, first in enumerate(range(0, _NUM_SAMPLES.value, _BATCH_SIZE.value)):
-            size = min(_BATCH_SIZE.value, _NUM_SAMPLES.value - first)
-            batches.append(model.generate(size, seed=_SEED.value + index, sampler="dpmpp_2m", num_steps=20))
-        features, logits = extractor(np.concatenate(batches))
-        fid = metrics.frechet_distance_from_statistics(*metrics.feature_statistics(features), reference["mu"],
-                                                       reference["sigma"])
-        yield {"minutes": seconds / 60, "step": step, "fid": fid,
-               "confident_fraction": metrics.confident_fraction(logits, 0.9)}
+        _, quality = common.sample_quality(model, extractor, reference, sampler="dpmpp_2m", num_steps=20,
+                                           num_samples=_NUM_SAMPLES.value, batch_size=_BATCH_SIZE.value,
+                                           seed=_SEED.value)
+        yield {"minutes": seconds / 60, "step": step, **quality}
 
 
 def run_recipe():
     config = recipe_config(_RECIPE.value, _CONFIG.value)
-    extractor = metrics.FeatureExtractor(keras.saving.load_model(_CLASSIFIER.value))
-    test_images, _ = data.load_mnist_idx(data.default_mnist_dir(), "test")
-    cache = os.path.join(os.path.dirname(os.path.abspath(_CLASSIFIER.value)), "reference_mnist_test.npz")
-    reference = metrics.reference_statistics(extractor, test_images, cache)
+    extractor, reference = evaluation.image_reference(_CLASSIFIER.value, "mnist")
     with common.Timer() as timer:
         model, snapshots = train_for(config, _MINUTES.value * 60, _SNAPSHOT_MINUTES.value * 60)
     header = {"event": "training", "recipe": _RECIPE.value, "config": config.to_dict(), **timer.record(),
@@ -144,14 +135,9 @@ def run_recipe():
         point.update({"event": "point", "recipe": _RECIPE.value, "num_samples": _NUM_SAMPLES.value})
         common.emit_json(point)
         points.append(point)
-    if _OUTPUT.value:
-        os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
-        # Written aside and renamed, so a failed run never replaces an earlier good curve.
-        partial = _OUTPUT.value + ".partial"
-        with open(partial, "w") as f:
-            for record in [header] + points:
-                f.write(json.dumps(record, default=common._json_default) + "\n")
-        os.replace(partial, _OUTPUT.value)
+    if _OUTPUT.value:  # written aside and renamed, so a failed run never replaces an earlier good curve
+        checkpoints.atomic_write_text(
+            _OUTPUT.value, "".join(common.json_line(record) + "\n" for record in [header] + points))
 
 
 def read_curve(path):
@@ -176,15 +162,14 @@ def compare():
     if set(final) == set(RECIPES):
         summary["fid_ratio_default_over_tutorial"] = final["default"]["fid"] / final["tutorial"]["fid"]
     common.emit_json(summary)
-    if _MARKDOWN.value:
-        for recipe, (header, points) in curves.items():
-            row = {"date": header["machine"]["date"], "recipe": recipe, "minutes": points[-1]["minutes"],
-                   "steps": header["steps"], "other CPU": header.get("other_cpu_fraction"),
-                   "FID by minute": ", ".join(f"{p['minutes']:.1f}: {p['fid']:.1f}" for p in points),
-                   "final FID": points[-1]["fid"],
-                   "ratio to tutorial": final[recipe]["fid"] / final["tutorial"]["fid"] if "tutorial" in final else None}
-            common.append_markdown_row("Time to quality (MNIST, FID against training minutes)", row, header["command"],
-                                       path=_MARKDOWN.value)
+    for recipe, (header, points) in curves.items():
+        row = {"date": header["machine"]["date"], "recipe": recipe, "minutes": points[-1]["minutes"],
+               "steps": header["steps"], "other CPU": header.get("other_cpu_fraction"),
+               "FID by minute": ", ".join(f"{p['minutes']:.1f}: {p['fid']:.1f}" for p in points),
+               "final FID": points[-1]["fid"],
+               "ratio to tutorial": final[recipe]["fid"] / final["tutorial"]["fid"] if "tutorial" in final else None}
+        common.append_markdown_row("Time to quality (MNIST, FID against training minutes)", row, header["command"],
+                                   header["machine"])
 
 
 def main(argv):

@@ -3,246 +3,146 @@
     python benchmarks/train_throughput.py --network=seed_unet --batch_size=64 \
         --precision=float32 --jit_compile=0 --warmup_steps=5 --timed_steps=20 --repeats=3
 
-Measures, in this order and in one process:
-  1. the first `fit` call of `steps_per_execution` steps (tracing, graph optimisation and,
-     with --jit_compile=1, XLA compilation): `first_call_s`, and `compile_s` = that minus
-     the steady-state time of those steps;
-  2. one more `fit`: `--warmup_steps` untimed steps, then `--repeats` timed blocks of
-     `--timed_steps` consecutive steps (more, up to `--extra_repeats`, while fewer than
-     `--repeats` were uncontended): images/s per block, the median over the uncontended
-     blocks, and the CPU other processes used meanwhile. The blocks run inside one `fit`
-     so that the per-`fit` setup (about a second here) stays out of the steady state.
-     Each block also records the median, min and max wall time of one execution
-     (`execution_s_*`): a uniformly slow block means the process got less CPU, one long
-     execution means it waited.
-Peak RSS is the process's high-water mark at the end (so run one network per process).
+Measured in one process: the first `fit` of `steps_per_execution` steps (tracing, graph
+optimisation, XLA with --jit_compile=1): `first_call_s`, and `compile_s` = that minus the
+steady-state time of those steps; then one more `fit`: `--warmup_steps` untimed steps and timed
+blocks of `--timed_steps` steps (`--repeats`, more up to `--extra_repeats` while some were
+contended) → images/s per block and the median over the uncontended ones. One `fit` for all blocks
+keeps its set-up (about a second here) out of the steady state; each block also records the
+median, min and max time of one execution (a uniformly slow block: less CPU; one long execution:
+a wait). Peak RSS is the process's high-water mark (one network per process).
 
-Data: random images in [−1, 1], `--cache_batches` distinct batches held in memory by a
-`tf.data` pipeline (batch → cache, filled before timing → repeat → prefetch), so the
-input never starves the step.
+Models come from `tfdiffusion.builders` (`build_compiled_model`): `--network=seed_unet` (the
+tutorial's U-Net, asserted 2,020,353 parameters), `unet`, `dit` (their defaults) on `base_config()`
+(28×28×1, linear schedule, T = 400, ε-MSE, Adam 1e-4), or a config file's network, diffusion,
+objective and optimizer on its image shape (`--config=configs/cifar10.py`); `plain_keras_port` is
+the peer of `peers.py` (no tfdiffusion code). Data: `--cache_batches` batches of uniform noise in
+[−1, 1] cached in memory before timing, so the input never starves the step.
 
-Prints JSON lines (one per timed repeat with "event": "repeat", then the summary with
-"event": "summary") and appends the summary to the "Training throughput" table of
---markdown (default docs/BENCHMARKS.md; --markdown='' to skip).
-
-Networks: seed_unet (tfdiffusion's `DiffusionModel` + `SeedUNet`, the tutorial's U-Net),
-plain_keras_port (the peer in `peers.py`, no tfdiffusion code), and, when tfdiffusion has
-them, unet (`layers.UNet()`) and dit (`layers.DiT()`), all on 28×28×1 with T = 400.
+Prints JSON lines ("repeat" records, then the "summary" with the machine and the command) and
+appends a row to the "Training throughput" table of --markdown.
 """
 
-import argparse
 import os
 import statistics
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import common  # noqa: E402  pylint: disable=wrong-import-position
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
-NETWORKS = ("seed_unet", "plain_keras_port", "unet", "dit")
-IMAGE_SHAPE = (28, 28, 1)
-CONFIG_IMAGE_SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
-NUM_TIMESTEPS = 400
+import common  # noqa: E402
+import peers  # noqa: E402
+from tfdiffusion import builders, config as config_lib, precision  # noqa: E402
 
+NETWORKS = {"seed_unet": "SeedUNet", "unet": "UNet", "dit": "DiT", "plain_keras_port": None}
+IMAGE_SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
+PRECISIONS = ("float32", "mixed_bfloat16", "auto")
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--network", choices=NETWORKS, default="seed_unet")
-    parser.add_argument("--config", default=None,
-                        help="a config file (e.g. configs/fashion_mnist.py): time its network, diffusion and "
-                             "objective on its image shape instead of --network")
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default="float32")
-    parser.add_argument("--jit_compile", type=int, choices=(0, 1), default=0)
-    parser.add_argument("--steps_per_execution", type=int, default=1)
-    parser.add_argument("--warmup_steps", type=int, default=5)
-    parser.add_argument("--timed_steps", type=int, default=20, help="steps per timed repeat")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--extra_repeats", type=int, default=2,
-                        help="further repeats allowed while fewer than --repeats were uncontended")
-    parser.add_argument("--contention_threshold", type=float, default=common.DEFAULT_CONTENTION_THRESHOLD)
-    parser.add_argument("--max_wait_idle_s", type=float, default=0.0,
-                        help="before each repeat, wait up to this long for the machine to be quiet")
-    parser.add_argument("--cache_batches", type=int, default=8, help="distinct batches held in memory")
-    parser.add_argument("--learning_rate", type=float, default=1e-4)
-    parser.add_argument("--markdown", default=common.DEFAULT_MARKDOWN,
-                        help="results file to append a row to ('' for none); use /tmp for smoke tests")
-    args = parser.parse_args(argv)
-    args.image_shape = IMAGE_SHAPE
-    if args.config:
-        args.training_config = common.load_config(args.config)
-        args.network = f"{args.training_config.network} ({os.path.basename(args.config)})"
-        args.image_shape = CONFIG_IMAGE_SHAPES.get(args.training_config.data.name)
-        if args.image_shape is None:
-            parser.error(f"--config must train on an image dataset of {sorted(CONFIG_IMAGE_SHAPES)}. "
-                         f"Received: --config={args.config} (data {args.training_config.data.name!r})")
-    for name in ("batch_size", "steps_per_execution", "timed_steps", "repeats", "cache_batches"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be >= 1. Received: {getattr(args, name)}")
-    if args.warmup_steps < 0 or args.extra_repeats < 0:
-        parser.error("--warmup_steps and --extra_repeats must be >= 0")
-    return args
+flags.DEFINE_enum("network", "seed_unet", list(NETWORKS), "The network to time (without --config).")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "A config file (e.g. configs/fashion_mnist.py): time its model on its image shape.",
+    lock_config=False)
+flags.DEFINE_enum("precision", "float32", PRECISIONS, "Keras dtype policy; auto: `precision.resolve_precision`.")
+flags.DEFINE_bool("jit_compile", False, "XLA (0 = graph mode + oneDNN, the CPU default).")
+flags.DEFINE_integer("steps_per_execution", 1, "Steps per `fit` execution (step counts round up to it).",
+                     lower_bound=1)
+common.define_throughput_flags()
+FLAGS = flags.FLAGS
 
 
-def _round_up(steps, multiple):
-    return -(-steps // multiple) * multiple
-
-
-def build_model(args):
-    """The compiled model to train, and its network's parameter count."""
-    import keras  # pylint: disable=import-outside-toplevel
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
-    if args.network == "plain_keras_port":
-        import peers  # pylint: disable=import-outside-toplevel
-
-        model = peers.build_plain_keras_port(jit_compile=bool(args.jit_compile),
-                                             steps_per_execution=args.steps_per_execution,
-                                             learning_rate=args.learning_rate)
-        return model, model.network.count_params()
-
-    import tfdiffusion as tfd  # pylint: disable=import-outside-toplevel
-
-    if args.config:
-        from tfdiffusion import training  # pylint: disable=import-outside-toplevel
-
-        model = training.build_model(args.training_config)
-        model(tf.zeros((2,) + args.image_shape), tf.zeros((2,), tf.int32))
-        model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), jit_compile=bool(args.jit_compile),
-                      steps_per_execution=args.steps_per_execution)
-        return model, model.network.count_params()
-    if args.network == "seed_unet":
-        network = tfd.layers.SeedUNet(output_channels=IMAGE_SHAPE[-1])
+def build_model():
+    """(compiled model, network name, image shape, parameter count)."""
+    if _CONFIG.value is None and FLAGS.network == "plain_keras_port":
+        model = peers.build_plain_keras_port(FLAGS.jit_compile, FLAGS.steps_per_execution, FLAGS.learning_rate)
+        return model, FLAGS.network, peers.IMAGE_SHAPE, model.network.count_params()
+    if _CONFIG.value is not None:
+        config = _CONFIG.value
+        name = f"{config.network} ({os.path.basename(config_flags.get_config_filename(FLAGS['config']))})"
     else:
-        name = {"unet": "UNet", "dit": "DiT"}[args.network]
-        if not hasattr(tfd.layers, name):
-            raise SystemExit(f"tfdiffusion.layers has no {name} in this checkout. Received: --network={args.network}")
-        network = getattr(tfd.layers, name)(output_channels=IMAGE_SHAPE[-1])
-    diffusion = tfd.GaussianDiffusion(tfd.schedules.make_betas("linear", NUM_TIMESTEPS))
-    model = tfd.DiffusionModel(network=network, diffusion=diffusion)
-    model(tf.zeros((2,) + IMAGE_SHAPE))  # builds the network's weights
-    if args.network == "seed_unet":
-        count = network.count_params()
-        if count != 2_020_353:
-            raise AssertionError(f"SeedUNet has {count} parameters, expected 2,020,353")
-    model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), jit_compile=bool(args.jit_compile),
-                  steps_per_execution=args.steps_per_execution)
-    return model, network.count_params()
+        config, name = config_lib.base_config(), FLAGS.network
+        config.network = NETWORKS[name]
+    if config.data.name not in IMAGE_SHAPES:
+        raise SystemExit(f"--config must train on one of {sorted(IMAGE_SHAPES)}. Received: {config.data.name!r}")
+    config.optimizer.learning_rate = FLAGS.learning_rate
+    image_shape = IMAGE_SHAPES[config.data.name]
+    model = builders.build_compiled_model(config, image_shape, jit_compile=FLAGS.jit_compile,
+                                          steps_per_execution=FLAGS.steps_per_execution)
+    params = model.network.count_params()
+    if name == "seed_unet" and params != peers.TUTORIAL_PARAMS:  # not `assert`: it must hold under -O too
+        raise AssertionError(f"SeedUNet has {params} parameters, expected {peers.TUTORIAL_PARAMS}")
+    return model, name, image_shape, params
 
 
-def make_dataset(batch_size, cache_batches, image_shape=IMAGE_SHAPE, seed=0):
-    """Endless batches of random images in [−1, 1] from memory; the cache is filled up front."""
-    import numpy as np  # pylint: disable=import-outside-toplevel
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
-    images = np.random.default_rng(seed).uniform(-1.0, 1.0, (cache_batches * batch_size,) + tuple(image_shape))
-    base = tf.data.Dataset.from_tensor_slices(images.astype(np.float32))
-    base = base.batch(batch_size, drop_remainder=True).cache()
-    for _ in base:  # one full pass fills the in-memory cache, so timed epochs never read the slices
+def make_dataset(image_shape, seed=0):
+    """Endless batches of uniform noise in [−1, 1] from memory; the cache is filled up front."""
+    count = FLAGS.cache_batches * FLAGS.batch_size
+    images = np.random.default_rng(seed).uniform(-1.0, 1.0, (count,) + tuple(image_shape)).astype(np.float32)
+    cached = tf.data.Dataset.from_tensor_slices(images).batch(FLAGS.batch_size, drop_remainder=True).cache()
+    for _ in cached:  # one pass fills the cache, so timed epochs never read the slices
         pass
-    return base.repeat().prefetch(tf.data.AUTOTUNE)
+    return cached.repeat().prefetch(tf.data.AUTOTUNE)
 
 
-def _timed_repeats_callback():
-    import keras  # pylint: disable=import-outside-toplevel
+class TimedRepeats(keras.callbacks.Callback):
+    """Times blocks of `block_executions` executions after `warmup_executions`, until `common.enough_runs`."""
 
-    class TimedRepeats(keras.callbacks.Callback):
-        """Times consecutive blocks of `block_executions` executions inside one `fit`.
+    def __init__(self, warmup_executions, block_executions):
+        super().__init__()
+        self.warmup_executions, self.block_executions = warmup_executions, block_executions
+        self.runs, self._executions, self._timer, self._times = [], 0, None, []
 
-        After `warmup_executions` untimed executions, each block is one repeat: a
-        `common.Timer` record plus the median/min/max wall time of one execution (a uniformly
-        slow block means the process got less CPU; one long execution means it waited).
-        Training stops once `common.enough_runs` holds. One `fit` for all repeats keeps the
-        per-`fit` setup (iterator, callbacks; about a second here) out of the steady state.
-        """
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._timer is None and self._executions >= self.warmup_executions:
+            self._timer, self._times = common.timed_section().__enter__(), []
+        self._start = time.perf_counter()
 
-        def __init__(self, warmup_executions, block_executions, repeats, extra_repeats, threshold, max_wait_idle_s):
-            super().__init__()
-            self.warmup_executions = warmup_executions
-            self.block_executions = block_executions
-            self.repeats = repeats
-            self.extra_repeats = extra_repeats
-            self.threshold = threshold
-            self.max_wait_idle_s = max_wait_idle_s
-            self.runs = []
-
-        def on_train_begin(self, logs=None):
-            self.runs, self._executions, self._timer, self._times = [], 0, None, []
-
-        def on_train_batch_begin(self, batch, logs=None):
-            if self._timer is None and self._executions >= self.warmup_executions:
-                common.wait_for_quiet(self.max_wait_idle_s, self.threshold)
-                self._timer, self._times = common.Timer(self.threshold).__enter__(), []
-            self._start = time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            self._executions += 1
-            if self._timer is None:
-                return
-            self._times.append(time.perf_counter() - self._start)
-            if len(self._times) < self.block_executions:
-                return
-            self._timer.__exit__(None, None, None)
-            record = self._timer.record()
-            record.update(loss=float((logs or {}).get("loss", float("nan"))),
-                          execution_s_median=statistics.median(self._times),
-                          execution_s_min=min(self._times), execution_s_max=max(self._times))
-            self.runs.append(record)
-            self._timer = None
-            if common.enough_runs(self.runs, self.repeats, self.extra_repeats):
-                self.model.stop_training = True
-
-    return TimedRepeats
+    def on_train_batch_end(self, batch, logs=None):
+        self._executions += 1
+        if self._timer is None:
+            return
+        self._times.append(time.perf_counter() - self._start)
+        if len(self._times) < self.block_executions:
+            return
+        self._timer.__exit__(None, None, None)
+        self.runs.append({**self._timer.record(), "loss": float((logs or {}).get("loss", float("nan"))),
+                          "execution_s_median": statistics.median(self._times),
+                          "execution_s_min": min(self._times), "execution_s_max": max(self._times)})
+        self._timer = None
+        if common.enough_runs(self.runs, FLAGS.repeats, FLAGS.extra_repeats):
+            self.model.stop_training = True
 
 
-def run(args):
-    import keras  # pylint: disable=import-outside-toplevel
-
-    if args.precision != "float32":
-        keras.mixed_precision.set_global_policy(args.precision)
-    info = common.machine_info()
-    command = common.command_line()
-    k = args.steps_per_execution
-    timed_steps = _round_up(args.timed_steps, k)
-    warmup_steps = _round_up(args.warmup_steps, k) if args.warmup_steps else 0
-
-    model, params = build_model(args)
-    dataset = make_dataset(args.batch_size, args.cache_batches, args.image_shape)
-    rss_before_training = common.peak_rss_mb()
+def main(argv):
+    del argv
+    policy, reason = precision.resolve_precision(FLAGS.precision)
+    keras.mixed_precision.set_global_policy(policy)
+    info, command = common.machine_info(), common.command_line()
+    k = FLAGS.steps_per_execution
+    timed_steps, warmup_steps = -(-FLAGS.timed_steps // k) * k, -(-FLAGS.warmup_steps // k) * k
+    model, name, image_shape, params = build_model()
+    dataset = make_dataset(image_shape)
+    base = {"benchmark": "train_throughput", "network": name, "batch_size": FLAGS.batch_size, "precision": policy,
+            "precision_setting": FLAGS.precision, "precision_reason": reason, "jit_compile": FLAGS.jit_compile,
+            "steps_per_execution": k, "timed_steps": timed_steps, "params": params,
+            "rss_after_build_mb": common.peak_rss_mb()}
 
     def fit(steps, callbacks=()):
-        history = model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False,
-                            callbacks=list(callbacks))
+        history = model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False, callbacks=callbacks)
         return float(history.history["loss"][-1])
 
-    with common.Timer(args.contention_threshold) as first:
+    with common.Timer(FLAGS.contention_threshold) as first:
         first_loss = fit(k)
-
-    base = {"benchmark": "train_throughput", "network": args.network, "batch_size": args.batch_size,
-            "precision": args.precision, "jit_compile": bool(args.jit_compile), "steps_per_execution": k,
-            "params": params}
-
-    timed_repeats = _timed_repeats_callback()(
-        warmup_executions=warmup_steps // k, block_executions=timed_steps // k, repeats=args.repeats,
-        extra_repeats=args.extra_repeats, threshold=args.contention_threshold, max_wait_idle_s=args.max_wait_idle_s)
-    most_steps = warmup_steps + (args.repeats + args.extra_repeats) * timed_steps
-    fit(most_steps, [timed_repeats])
-    record = common.throughput_summary(
-        base, timed_repeats.runs, first, first_loss, batch_size=args.batch_size, timed_steps=timed_steps, first_call_steps=k,
-        warmup_steps=warmup_steps, repeats=args.repeats, contention_threshold=args.contention_threshold,
-        rss_after_build_mb=rss_before_training, command=command, info=info)
-    if args.markdown:
-        row = common.throughput_row(record, compiler=bool(args.jit_compile),
-                                    environment=common.short_environment(info))
-        common.append_markdown_row("Training throughput", row, command, path=args.markdown, info=info)
-    return record
-
-
-def main(argv=None):
-    run(parse_args(argv))
+    timed = TimedRepeats(warmup_steps // k, timed_steps // k)
+    fit(warmup_steps + (FLAGS.repeats + FLAGS.extra_repeats) * timed_steps, [timed])
+    record = common.throughput_summary(base, timed.runs, first, first_loss, first_call_steps=k,
+                                       warmup_steps=warmup_steps, command=command, info=info)
+    common.append_throughput_row(record, compiler=FLAGS.jit_compile)
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

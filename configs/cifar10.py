@@ -19,7 +19,7 @@ run. `--config=configs/cifar10.py:tiny` is a 4-step run of a 2-level UNet with b
 tests, e.g. under `tfds.testing.mock_data`).
 """
 
-from tfdiffusion.training import base_config, check_variant
+from tfdiffusion.config import base_config, check_variant, tiny
 
 
 def get_config(variant=None):
@@ -28,7 +28,7 @@ def get_config(variant=None):
     config.name = "cifar10"
     config.network = "UNet"
     config.model = {"base_channels": 64, "channel_mult": (1, 2, 2, 2), "num_res_blocks": 2,
-                    "attention_resolutions": (16,), "dropout": 0.1, "num_groups": 32, "num_heads": 4,
+                    "attention_levels": (1,), "dropout": 0.1, "num_groups": 32, "num_heads": 4,
                     "output_channels": 3, "num_classes": 10}
     config.diffusion = {"name": "cosine", "num_timesteps": 1000}
     config.objective.update({"prediction_type": "v", "loss_weighting": "min_snr", "label_dropout": 0.1})
@@ -38,10 +38,7 @@ def get_config(variant=None):
     config.train.update({"steps": 100_000, "checkpoint_every": 5000, "log_every": 100})
     config.sample.update({"num_samples": 20, "sampler": "dpmpp_2m", "num_steps": 25, "guidance_scale": 3.0})
     if variant == "tiny":
-        config.model.update({"base_channels": 8, "channel_mult": (1, 2), "num_res_blocks": 1,
-                             "attention_resolutions": (16,), "dropout": 0.0, "num_groups": 4, "num_heads": 2})
-        config.data.batch_size = 8
-        config.optimizer.update({"warmup_steps": 0, "ema_momentum": 0.9})
-        config.train.update({"steps": 4, "checkpoint_every": 2, "log_every": 1})
-        config.sample.update({"num_samples": 4, "sampler": "ddim", "num_steps": 5})
+        tiny(config, model={"base_channels": 8, "channel_mult": (1, 2), "num_res_blocks": 1,
+                            "attention_levels": (1,), "dropout": 0.0, "num_groups": 4, "num_heads": 2},
+             sample={"sampler": "ddim"})
     return config

@@ -15,7 +15,7 @@ trousers, shoes, bags — with coarse texture. `--config=configs/fashion_mnist.p
 run of a 2-level UNet with base width 8 (for tests, e.g. under `tfds.testing.mock_data`).
 """
 
-from tfdiffusion.training import base_config, check_variant
+from tfdiffusion.config import base_config, check_variant, tiny
 
 
 def get_config(variant=None):
@@ -24,7 +24,7 @@ def get_config(variant=None):
     config.name = "fashion_mnist"
     config.network = "UNet"
     config.model = {"base_channels": 32, "channel_mult": (1, 2, 2), "num_res_blocks": 2,
-                    "attention_resolutions": (7,), "dropout": 0.1, "num_groups": 8, "num_heads": 4,
+                    "attention_levels": (2,), "dropout": 0.1, "num_groups": 8, "num_heads": 4,
                     "output_channels": 1}
     config.diffusion = {"name": "linear", "num_timesteps": 1000}
     config.data.update({"name": "fashion_mnist", "batch_size": 64})
@@ -33,10 +33,6 @@ def get_config(variant=None):
     config.train.update({"steps": 20_000, "checkpoint_every": 1000, "log_every": 100})
     config.sample.update({"num_samples": 16, "sampler": "ddim", "num_steps": 100})
     if variant == "tiny":
-        config.model.update({"base_channels": 8, "channel_mult": (1, 2), "num_res_blocks": 1,
-                             "attention_resolutions": (14,), "dropout": 0.0, "num_groups": 4, "num_heads": 2})
-        config.data.batch_size = 8
-        config.optimizer.update({"warmup_steps": 0, "ema_momentum": 0.9})
-        config.train.update({"steps": 4, "checkpoint_every": 2, "log_every": 1})
-        config.sample.update({"num_samples": 4, "num_steps": 5})
+        tiny(config, model={"base_channels": 8, "channel_mult": (1, 2), "num_res_blocks": 1,
+                            "attention_levels": (1,), "dropout": 0.0, "num_groups": 4, "num_heads": 2})
     return config

@@ -16,7 +16,7 @@ measured with the command above. `--config=configs/mnist_cfg.py:tiny` is a 4-ste
 SeedUNet (for tests).
 """
 
-from tfdiffusion.training import base_config, check_variant
+from tfdiffusion.config import base_config, check_variant, tiny
 
 
 def get_config(variant=None):
@@ -34,10 +34,7 @@ def get_config(variant=None):
     config.train.update({"steps": 2000, "checkpoint_every": 500, "log_every": 100, "keep_checkpoints": 8})
     config.sample.update({"num_samples": 20, "sampler": "dpmpp_2m", "num_steps": 20, "guidance_scale": 3.0})
     if variant == "tiny":
-        config.model.update({"channels": (8, 16, 32), "initial_channels": 8, "time_embedding_dim": 16,
-                             "time_mlp_width": 32})
-        config.data.batch_size = 8
-        config.optimizer.update({"ema_momentum": 0.9, "warmup_steps": 2})
-        config.train.update({"steps": 4, "checkpoint_every": 2, "log_every": 1})
-        config.sample.update({"num_samples": 4, "num_steps": 5})
+        tiny(config, model={"channels": (8, 16, 32), "initial_channels": 8, "time_embedding_dim": 16,
+                            "time_mlp_width": 32},
+             optimizer={"warmup_steps": 2})
     return config

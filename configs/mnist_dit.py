@@ -18,7 +18,7 @@ along the 4-pixel patch grid are typical of an undertrained DiT.
 patches (for tests).
 """
 
-from tfdiffusion.training import base_config, check_variant
+from tfdiffusion.config import base_config, check_variant, tiny
 
 
 def get_config(variant=None):
@@ -36,9 +36,5 @@ def get_config(variant=None):
     config.train.update({"steps": 10_000, "checkpoint_every": 1000, "log_every": 100})
     config.sample.update({"num_samples": 16, "sampler": "dpmpp_2m", "num_steps": 25})
     if variant == "tiny":
-        config.model.update({"patch_size": 7, "hidden_size": 16, "depth": 1, "num_heads": 2})
-        config.data.batch_size = 8
-        config.optimizer.update({"warmup_steps": 0, "ema_momentum": 0.9})
-        config.train.update({"steps": 4, "checkpoint_every": 2, "log_every": 1})
-        config.sample.update({"num_samples": 4, "num_steps": 5})
+        tiny(config, model={"patch_size": 7, "hidden_size": 16, "depth": 1, "num_heads": 2})
     return config

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfdiffusion import training
+from tfdiffusion import builders, training
+from tfdiffusion import config as config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_NAMES = sorted(path.stem for path in (ROOT / "configs").glob("*.py") if not path.stem.startswith("_"))
@@ -30,10 +31,10 @@ def test_the_new_configs_are_found():
 @pytest.mark.parametrize("name", CONFIG_NAMES)
 def test_config_validates_builds_and_runs_one_forward_pass(name, variant):
     config = load_config(name, variant)
-    training.validate_config(config)
+    config_lib.validate_config(config)
     assert config.data.name in DATA_SHAPES
-    assert json.loads(json.dumps(training.config_to_dict(config)))["network"] == config.network
-    model = training.build_model(config)
+    assert json.loads(json.dumps(config_lib.config_to_dict(config)))["network"] == config.network
+    model = builders.build_model(config)
     shape = DATA_SHAPES[config.data.name]
     batch = 2
     x = tf.random.stateless_normal((batch,) + shape, seed=(0, 1))

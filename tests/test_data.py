@@ -291,3 +291,62 @@ def test_load_digits_dataset():
     assert labels.shape == (1797,) and labels.dtype == np.int32
     assert images.min() == -1.0 and images.max() == 1.0
     np.testing.assert_array_equal(np.unique(labels), np.arange(10))
+
+
+# --- load_arrays: the one loader of whole datasets -------------------------------
+
+
+def _idx_dir(directory, num_images=3):
+    images = (np.arange(num_images * 28 * 28).reshape(num_images, 28, 28) * 7) % 256
+    for stem in ("train", "t10k"):
+        _write(directory / f"{stem}-images-idx3-ubyte.gz", _idx_bytes(images, 2051), gzipped=True)
+        _write(directory / f"{stem}-labels-idx1-ubyte.gz", _idx_bytes(np.arange(num_images), 2049), gzipped=True)
+    return directory
+
+
+def test_resolve_idx_dir_order(tmp_path, monkeypatch):
+    monkeypatch.setenv(data.MNIST_DIR_ENV_VAR, str(tmp_path))
+    assert data.resolve_idx_dir("mnist") == tmp_path  # $TFDIFFUSION_MNIST_DIR
+    assert data.resolve_idx_dir("mnist", idx_dir="/given") == "/given"  # the argument first
+    assert data.resolve_idx_dir("mnist", source="tfds", idx_dir="/given") is None
+    assert data.resolve_idx_dir("fashion_mnist") is None  # MNIST's directory is not Fashion-MNIST's
+    assert data.resolve_idx_dir("fashion_mnist", idx_dir="/fashion") == "/fashion"
+    assert data.resolve_idx_dir("cifar10") is None and data.resolve_idx_dir("moons", source="idx") is None
+    with pytest.raises(ValueError, match="Received: name='fashion_mnist', idx_dir=None"):
+        data.resolve_idx_dir("fashion_mnist", source="idx")
+    with pytest.raises(ValueError, match="Received: name='cifar10', source='idx'"):
+        data.resolve_idx_dir("cifar10", source="idx")
+    with pytest.raises(ValueError, match="Received: source='ftp'"):
+        data.resolve_idx_dir("mnist", source="ftp")
+
+
+def test_load_arrays_from_idx_scaled_and_uint8(tmp_path):
+    directory = _idx_dir(tmp_path)
+    pixels, labels = data.load_arrays("fashion_mnist", "test", idx_dir=directory, uint8=True)
+    assert pixels.dtype == np.uint8 and pixels.shape == (3, 28, 28, 1)
+    np.testing.assert_array_equal(labels, [0, 1, 2])
+    x, _ = data.load_arrays("mnist", "test", source="idx", idx_dir=directory)
+    assert x.dtype == np.float32
+    np.testing.assert_array_equal(x, pixels.astype(np.float32) / np.float32(127.5) - np.float32(1.0))
+
+
+def test_load_arrays_tfds_scaled_and_uint8():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=5):
+        pixels, labels = data.load_arrays("cifar10", "train", uint8=True)
+        x, same_labels = data.load_arrays("cifar10", "train")
+    assert pixels.shape == (5, 32, 32, 3) and pixels.dtype == np.uint8 and labels.dtype == np.int32
+    np.testing.assert_array_equal(labels, same_labels)
+    np.testing.assert_array_equal(x, pixels.astype(np.float32) / np.float32(127.5) - np.float32(1.0))
+
+
+def test_load_arrays_other_datasets_and_errors():
+    x, labels = data.load_arrays("moons", num_samples=7, seed=1)
+    assert x.shape == (7, 2) and labels is None
+    assert data.load_arrays("digits")[0].shape == (1797, 8, 8, 1)
+    with pytest.raises(ValueError, match="Received: name='svhn'"):
+        data.load_arrays("svhn")
+    with pytest.raises(ValueError, match="Received: num_samples=None"):
+        data.load_arrays("gmm1d")
+    with pytest.raises(ValueError, match="Received: name='moons', uint8=True"):
+        data.load_arrays("moons", num_samples=3, uint8=True)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfdiffusion import diffusion as diffusion_lib
 from tfdiffusion import schedules
 from tfdiffusion.diffusion import GaussianDiffusion
 
@@ -216,6 +217,68 @@ def test_score_from_eps_is_score_of_q_xt_given_x0(diffusion):
     i, h = 5, 1e-5
     logp = lambda x: -0.5 * (x - math.sqrt(ab[i, 0]) * x0[i, 0]) ** 2 / (1 - ab[i, 0])  # noqa: E731
     assert analytic[i, 0] == pytest.approx((logp(x_t[i, 0] + h) - logp(x_t[i, 0] - h)) / (2 * h), rel=1e-6)
+
+
+# -- the module's algebra in terms of ᾱ -------------------------------------------------------------
+def test_conversions_at_a_scalar_alpha_bar_are_eq_4_solved():
+    rng = np.random.default_rng(4)
+    x0, eps = rng.normal(size=(32, 3)), rng.normal(size=(32, 3))
+    a = 0.37
+    x_t = tf.constant(math.sqrt(a) * x0 + math.sqrt(1 - a) * eps)
+    v = math.sqrt(a) * eps - math.sqrt(1 - a) * x0
+    a_tf = tf.constant(a, tf.float64)
+    np.testing.assert_allclose(diffusion_lib.x0_from_eps(x_t, tf.constant(eps), a_tf).numpy(), x0, atol=1e-12)
+    np.testing.assert_allclose(diffusion_lib.eps_from_x0(x_t, tf.constant(x0), a_tf).numpy(), eps, atol=1e-12)
+    np.testing.assert_allclose(diffusion_lib.v_from_x0_eps(tf.constant(x0), tf.constant(eps), a_tf).numpy(), v,
+                               atol=1e-12)
+    np.testing.assert_allclose(diffusion_lib.x0_from_v(x_t, tf.constant(v), a_tf).numpy(), x0, atol=1e-12)
+    np.testing.assert_allclose(diffusion_lib.eps_from_v(x_t, tf.constant(v), a_tf).numpy(), eps, atol=1e-12)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "x0", "v"])
+def test_x0_and_eps_returns_the_prediction_itself_and_one_conversion(diffusion, prediction_type):
+    x0, eps, t, x_t = _triple(diffusion, 11, dtype=np.float32)
+    prediction = tf.constant({"epsilon": eps, "x0": x0, "v": diffusion.get_v(x0, t, eps).numpy()}[prediction_type])
+    x0_hat, eps_hat = diffusion.x0_and_eps(x_t, t, prediction, prediction_type)
+    ab = diffusion.alpha_bar(t, x_t)
+    native = {"epsilon": eps_hat, "x0": x0_hat}.get(prediction_type)
+    if native is not None:  # no round trip: the network's output is passed on as it is
+        assert native is prediction
+    expected = {"epsilon": (diffusion_lib.x0_from_eps(x_t, prediction, ab), prediction),
+                "x0": (prediction, diffusion_lib.eps_from_x0(x_t, prediction, ab)),
+                "v": (diffusion_lib.x0_from_v(x_t, prediction, ab), diffusion_lib.eps_from_v(x_t, prediction, ab))}
+    for got, want in zip((x0_hat, eps_hat), expected[prediction_type]):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+    # float32: x̂_0 within its conditioning (1/√ᾱ_t ≈ 166 at t = T−1), ε̂ within 1/√(1 − ᾱ_t) at small t.
+    x0_bound = 3e-6 / np.sqrt(diffusion.alphas_cumprod[t])[:, None]
+    eps_bound = 3e-6 / np.sqrt(1 - diffusion.alphas_cumprod[t])[:, None]
+    np.testing.assert_array_less(np.abs(x0_hat.numpy() - x0), np.broadcast_to(x0_bound, x0.shape))
+    np.testing.assert_array_less(np.abs(eps_hat.numpy() - eps), np.broadcast_to(eps_bound, eps.shape))
+    with pytest.raises(ValueError, match="prediction_type='score'"):
+        diffusion.x0_and_eps(x_t, t, prediction, "score")
+
+
+def test_alpha_bar_lookup_includes_the_data_and_has_a_static_broadcast_shape(diffusion):
+    t = tf.constant([-1, 0, 5, T - 1])
+    values = diffusion.alpha_bar(t, tf.zeros((4, 8, 8, 1))).numpy()
+    assert values.shape == (4, 1, 1, 1) and values.dtype == np.float64
+    np.testing.assert_array_equal(values[:, 0, 0, 0], [1.0, *diffusion.alphas_cumprod[[0, 5, T - 1]]])
+    graph_shape = tf.function(lambda t_, x: diffusion.alpha_bar(t_, x), input_signature=[
+        tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, 8, 8, 1])]).get_concrete_function().output_shapes
+    assert graph_shape.as_list() == [None, 1, 1, 1]
+
+
+def test_reverse_mean_variance_into_the_data_is_x0():
+    rng = np.random.default_rng(12)
+    x_t, x0, eps = (tf.constant(rng.normal(size=(16, 2)).astype(np.float32)) for _ in range(3))
+    ab_t = tf.constant(0.3, tf.float64)
+    mean, variance = diffusion_lib.reverse_mean_variance(x_t, x0, eps, ab_t, tf.constant(1.0, tf.float64))
+    np.testing.assert_array_equal(mean.numpy(), x0.numpy())
+    assert variance.numpy() == 0.0
+    _, variance = diffusion_lib.reverse_mean_variance(x_t, x0, eps, ab_t, tf.constant(1.0, tf.float64), "beta")
+    assert variance.numpy() == pytest.approx(0.7, rel=1e-12)  # β = 1 − ᾱ_t/ᾱ_prev
+    with pytest.raises(ValueError, match="variance_type='large'"):
+        diffusion_lib.reverse_mean_variance(x_t, x0, eps, ab_t, ab_t, "large")
 
 
 # -- reverse process -----------------------------------------------------------------------------

@@ -19,10 +19,6 @@ def _images(shape, seed=0):
     return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
 
 
-
-
-
-
 # -- pieces --------------------------------------------------------------------------------------------
 def test_sincos_table_matches_formula():
     table = sincos_position_embedding_2d(8, 2, 3)

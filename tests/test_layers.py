@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from tfdiffusion.layers import ConvBlock, MLPDenoiser, SeedUNet, SinusoidalEmbedding, TimestepEmbedding
+from tfdiffusion.layers.utils import check_divides, check_positive_int, check_positive_ints, modulate
 
 TINY = dict(channels=(8, 16, 32), initial_channels=8, time_embedding_dim=16, time_mlp_width=32)
 
@@ -50,6 +51,34 @@ def _seed_unet_param_count(channels, initial_channels, time_embedding_dim, time_
         total += block(2 * c, c)  # after concatenating the skip
         c_in = c
     return total + conv(1, c_in, output_channels)
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("value", [0, -1, 2.0, True, "3", None])
+def test_check_positive_int_refuses_non_positive_and_non_int(value):
+    with pytest.raises(ValueError, match=re.escape(f"width={value!r}")):
+        check_positive_int("width", value)
+
+
+def test_check_positive_ints_and_check_divides():
+    assert check_positive_ints("widths", [8, 16], min_length=2) == (8, 16)
+    with pytest.raises(ValueError, match=re.escape("at least 2 positive integers. Received: widths=(8,)")):
+        check_positive_ints("widths", [8], min_length=2)
+    with pytest.raises(ValueError, match=re.escape("one or more positive integers. Received: widths=()")):
+        check_positive_ints("widths", [])
+    check_divides("num_groups", 4, 16, "16 channels")
+    with pytest.raises(ValueError, match=re.escape("num_groups must divide 18 channels. Received: num_groups=4")):
+        check_divides("num_groups", 4, 18, "18 channels")
+
+
+@pytest.mark.parametrize("shape", [(2, 5), (2, 3, 5), (2, 3, 4, 5)])
+def test_modulate_broadcasts_scale_and_shift_over_the_middle_axes(shape):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=shape).astype(np.float32)
+    shift, scale = rng.normal(size=(2, 2, 5)).astype(np.float32)
+    middle = (slice(None),) + (None,) * (len(shape) - 2) + (slice(None),)
+    expected = x * (1 + scale[middle]) + shift[middle]
+    np.testing.assert_allclose(_np(modulate(keras.ops.convert_to_tensor(x), shift, scale)), expected, rtol=1e-6)
 
 
 # -- SinusoidalEmbedding -------------------------------------------------------------------------
@@ -115,7 +144,8 @@ def test_timestep_embedding_depth_zero_is_one_dense():
     assert layer.count_params() == 8 * 8 + 8
 
 
-@pytest.mark.parametrize("kwargs,pattern", [(dict(num_classes=0), "num_classes=0"), (dict(mlp_depth=-1), "mlp_depth=-1")])
+@pytest.mark.parametrize("kwargs,pattern", [(dict(num_classes=0), "num_classes=0"), (dict(mlp_depth=-1), "mlp_depth=-1"),
+                                            (dict(mlp_width=0), "mlp_width=0")])
 def test_timestep_embedding_rejects_bad_args(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         TimestepEmbedding(8, **kwargs)

@@ -1,11 +1,10 @@
-"""tfdiffusion.metrics: FID/KID, the feature extractor, bits/dim and the toy metrics.
+"""tfdiffusion.metrics: FID/KID, the classifier extras, bits/dim and the toy metrics.
 
-Everything here is offline and deterministic; the one test that trains the classifier on
-real MNIST is marked slow (and skipped when the IDX files are absent).
+Everything here is offline and deterministic. The feature extractor, its cache and the FID of a
+real MNIST classifier are tested with the protocol, in test_evaluation.py.
 """
 
 import math
-import time
 
 import keras
 import numpy as np
@@ -63,6 +62,69 @@ def test_frechet_distance_rejects_bad_shapes():
         metrics.frechet_distance(np.zeros((1, 3)), np.zeros((10, 3)))
 
 
+def test_frechet_distance_with_fewer_samples_than_dimensions_matches_closed_forms():
+    # N = 12 < d = 300: the N×N route. A shift adds ‖m‖²; scaling by c gives ‖(1−c)μ‖² + (1−c)² tr Σ.
+    rng = np.random.default_rng(12)
+    a = rng.normal(size=(12, 300)) + 0.2
+    m = rng.normal(size=300)
+    trace = np.trace(np.cov(a, rowvar=False))
+    assert metrics.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9 * trace)
+    assert metrics.frechet_distance(a, a + m) == pytest.approx(float(m @ m), rel=1e-9)
+    c, mu = 1.7, a.mean(axis=0)
+    expected = (1 - c) ** 2 * float(mu @ mu) + (1 - c) ** 2 * trace
+    assert metrics.frechet_distance(a, c * a) == pytest.approx(expected, rel=1e-9)
+
+
+def test_frechet_distance_to_statistics_agrees_with_the_square_root_route():
+    # 15 features of dimension 20 against 5000: the N×N route gives what the 20×20 square root gives.
+    rng = np.random.default_rng(13)
+    basis = rng.normal(size=(20, 20))
+    reference = rng.normal(size=(5000, 20)) @ basis
+    mu, sigma = metrics.feature_statistics(reference)
+    few = rng.normal(size=(15, 20)) @ basis + 0.5  # 15 < 20: the N×N route
+    via_sqrtm = metrics.frechet_distance_from_statistics(*metrics.feature_statistics(few), mu, sigma, eps=0.0)
+    assert metrics.frechet_distance_to_statistics(few, mu, sigma) == pytest.approx(via_sqrtm, rel=1e-5)
+    with pytest.raises(ValueError, match=r"dimension 20. Received: shapes mu=\(3,\)"):
+        metrics.frechet_distance_to_statistics(few, np.zeros(3), np.eye(3))
+
+
+# -- precision and recall --------------------------------------------------------------------------
+def test_precision_recall_by_hand():
+    # 1-D, k = 1. Real radii (nearest other point): 0→1, 1→1, 2→1, 3→1, 10→7.
+    # Fake radii: 2.6→2.4, 5→2.4, 20→1, 21→1.
+    # Precision: 2.6 (|2.6−2| ≤ 1) and 5 (|5−10| ≤ 7) are inside, 20 and 21 are not → 2/4.
+    # Recall: 1, 2, 3 lie within 2.4 of 2.6; 0 (2.6 away) and 10 (5 from 5, 10 from 20) do not → 3/5.
+    real = np.array([[0.0], [1.0], [2.0], [3.0], [10.0]])
+    fake = np.array([[2.6], [5.0], [20.0], [21.0]])
+    np.testing.assert_allclose(metrics.manifold_radii(real, 1), [1.0, 1.0, 1.0, 1.0, 49.0])
+    assert metrics.precision_recall(real, fake, k=1) == (0.5, 0.6)
+    # k = 2 widens the real radii to 0→2, 1→1, 2→1, 3→2, 10→8: 20 is still 10 from 10 → same precision.
+    np.testing.assert_allclose(metrics.manifold_radii(real, 2), [4.0, 1.0, 1.0, 4.0, 64.0])
+    assert metrics.precision_recall(real, fake, k=2)[0] == 0.5
+
+
+def test_precision_recall_of_a_set_with_itself_and_with_far_noise():
+    rng = np.random.default_rng(14)
+    real = rng.normal(size=(300, 16))
+    assert metrics.precision_recall(real, real, chunk=64) == (1.0, 1.0)  # chunked: 64 does not divide 300
+    far = rng.normal(size=(200, 16)) + 100.0
+    assert metrics.precision_recall(real, far) == (0.0, 0.0)
+    # Two draws of one distribution: both high but not 1 (the k-NN balls miss some of the other draw).
+    precision, recall = metrics.precision_recall(real, rng.normal(size=(300, 16)))
+    assert 0.6 < precision < 1.0 and 0.6 < recall < 1.0
+
+
+def test_precision_recall_separate_fidelity_from_coverage():
+    # A mode-collapsed generator: near-copies of 10 real points. High precision, low recall.
+    rng = np.random.default_rng(15)
+    real = rng.normal(size=(500, 8))
+    collapsed = np.repeat(real[:10], 30, axis=0) + 1e-3 * rng.normal(size=(300, 8))
+    precision, recall = metrics.precision_recall(real, collapsed)
+    assert precision == 1.0 and recall < 0.1
+    with pytest.raises(ValueError, match=r"k must be an integer in \[1, 4\] .*Received: k=5"):
+        metrics.precision_recall(real[:5], collapsed, k=5)
+
+
 # -- KID -----------------------------------------------------------------------------------------
 def test_kernel_inception_distance_same_and_shifted():
     rng = np.random.default_rng(5)
@@ -93,84 +155,6 @@ def test_kernel_inception_distance_matches_a_direct_unbiased_mmd():
 def test_kernel_inception_distance_rejects_a_too_large_subset():
     with pytest.raises(ValueError, match="Received: subset_size=50"):
         metrics.kernel_inception_distance(np.zeros((40, 2)), np.zeros((40, 2)), subset_size=50)
-
-
-# -- the feature extractor ----------------------------------------------------------------------
-@pytest.fixture
-def classifier():
-    keras.utils.set_random_seed(0)
-    model = metrics.build_classifier(dropout=0.5, batch_norm=True)
-    # Non-trivial batch-norm moving statistics, so training/inference mode differ visibly.
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.moving_mean.assign(np.full(layer.moving_mean.shape, 0.3, np.float32))
-            layer.moving_variance.assign(np.full(layer.moving_variance.shape, 2.0, np.float32))
-    return model
-
-
-def test_build_classifier_shapes():
-    model = metrics.build_classifier()
-    assert model.get_layer("features").output.shape[-1] == 128
-    assert model(np.zeros((2, 28, 28, 1), np.float32)).shape == (2, 10)
-
-
-def test_extractor_quantises_before_the_network(classifier):
-    extractor = metrics.FeatureExtractor(classifier, batch_size=16)
-    x = np.random.default_rng(7).uniform(size=(20, 28, 28, 1))
-    quantised = np.round(x * 255) / 255
-    f1, l1 = extractor(x)
-    f2, l2 = extractor(quantised.astype(np.float32))
-    f3, l3 = extractor(np.round(x * 255).astype(np.uint8))
-    f4, _ = extractor(x[..., 0])  # [N, H, W] is accepted
-    assert f1.shape == (20, 128) and l1.shape == (20, 10)
-    for f, l in ((f2, l2), (f3, l3)):
-        np.testing.assert_array_equal(f1, f)
-        np.testing.assert_array_equal(l1, l)
-    np.testing.assert_array_equal(f1, f4)
-    # x differs from its quantised version by < 1/510 per pixel; a bit more changes the features.
-    f5, _ = extractor(np.clip(quantised + 0.6 / 255, 0, 1))
-    assert not np.array_equal(f1, f5)
-
-
-def test_extractor_runs_in_inference_mode(classifier):
-    extractor = metrics.FeatureExtractor(classifier, batch_size=7)  # 20 = 7 + 7 + 6: padded last batch
-    x = np.random.default_rng(8).uniform(size=(20, 28, 28, 1)).astype(np.float32)
-    f1, l1 = extractor(x)
-    f2, l2 = extractor(x)
-    np.testing.assert_array_equal(f1, f2)
-    np.testing.assert_array_equal(l1, l2)
-    # The extractor did not update the batch-norm moving statistics.
-    bn = classifier.get_layer("bn1")
-    np.testing.assert_array_equal(bn.moving_mean.numpy(), np.full(bn.moving_mean.shape, 0.3, np.float32))
-    pixels = np.round(x * 255).astype(np.float32)
-    inference = classifier(pixels, training=False).numpy()
-    np.testing.assert_allclose(l1, inference, rtol=1e-5, atol=1e-5)
-    training = classifier(pixels, training=True).numpy()  # (this call does move the statistics)
-    assert np.max(np.abs(training - inference)) > 1e-2  # dropout and batch statistics do matter
-
-
-def test_extractor_rejects_out_of_range_and_wrong_shape(classifier):
-    extractor = metrics.FeatureExtractor(classifier)
-    with pytest.raises(ValueError, match=r"\[0, 1\]. Received: values in \[-1"):
-        extractor(np.full((2, 28, 28, 1), -1.0))
-    with pytest.raises(ValueError, match=r"Received: images.shape=\(2, 32, 32, 1\)"):
-        extractor(np.zeros((2, 32, 32, 1)))
-    with pytest.raises(ValueError, match="no layer named 'pool9'"):
-        metrics.FeatureExtractor(classifier, features_layer="pool9")
-
-
-def test_reference_statistics_are_cached_and_keyed(classifier, tmp_path):
-    extractor = metrics.FeatureExtractor(classifier)
-    images = np.random.default_rng(9).integers(0, 256, size=(30, 28, 28, 1), dtype=np.uint8)
-    path = tmp_path / "reference_test.npz"
-    first = metrics.reference_statistics(extractor, images, path)
-    assert path.exists() and first["features"].shape == (30, 128) and first["sigma"].shape == (128, 128)
-    mtime = path.stat().st_mtime_ns
-    second = metrics.reference_statistics(extractor, images, path)
-    assert path.stat().st_mtime_ns == mtime  # served from the cache
-    np.testing.assert_array_equal(first["mu"], second["mu"])
-    other = metrics.reference_statistics(extractor, images[:20], path)  # other images: recomputed
-    assert other["num_images"] == 20 and path.stat().st_mtime_ns != mtime
 
 
 # -- classifier extras ----------------------------------------------------------------------------
@@ -345,34 +329,3 @@ def test_ks_statistic_matches_scipy(seed):
     ties_a, ties_b = rng.integers(0, 5, size=100).astype(float), rng.integers(0, 6, size=80)[:, None].astype(float)
     assert metrics.ks_statistic_1d(ties_a, ties_b) == pytest.approx(
         scipy.stats.ks_2samp(ties_a, ties_b[:, 0]).statistic, abs=1e-12)
-
-
-# -- the real thing (slow) ---------------------------------------------------------------------------
-@pytest.mark.slow
-def test_fid_on_mnist_separates_real_from_broken_images():
-    directory = data.default_mnist_dir()
-    if directory is None:
-        pytest.skip("MNIST IDX files not found (set TFDIFFUSION_MNIST_DIR)")
-    train_x, train_y = data.load_mnist_idx(directory, "train")
-    test_x, test_y = data.load_mnist_idx(directory, "test")
-    keras.utils.set_random_seed(0)
-    classifier = metrics.build_classifier()
-    classifier.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    start = time.time()
-    classifier.fit(train_x[:20000].astype(np.float32), train_y[:20000], batch_size=128, epochs=1, verbose=0)
-    extractor = metrics.FeatureExtractor(classifier)
-    n = 2000
-    rng = np.random.default_rng(0)
-    reference, _ = extractor(train_x[:n])
-    test_features, test_logits = extractor(test_x[:n])
-    noise, _ = extractor(rng.uniform(size=(n, 28, 28, 1)))
-    shuffled_images = np.stack([image.reshape(-1)[rng.permutation(784)].reshape(28, 28, 1) for image in test_x[:n]])
-    shuffled, _ = extractor(shuffled_images)
-    fid = {name: metrics.frechet_distance(features, reference)
-           for name, features in (("test", test_features), ("noise", noise), ("shuffled", shuffled))}
-    accuracy = float(np.mean(np.argmax(test_logits, 1) == test_y[:n]))
-    print(f"N={n}, accuracy {accuracy:.4f}, FID {fid}, {time.time() - start:.0f} s")
-    assert accuracy > 0.95
-    assert fid["test"] < 0.05 * fid["noise"] and fid["test"] < 0.05 * fid["shuffled"]
-    assert metrics.kernel_inception_distance(test_features, reference)[0] < \
-        0.05 * metrics.kernel_inception_distance(shuffled, reference)[0]

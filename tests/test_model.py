@@ -126,6 +126,9 @@ def test_generate_same_seed_same_samples_and_validates(trained_moons):
         ({"num_samples": 4, "sampler": "euler"}, "sampler='euler'"),
         ({"num_samples": 4, "eta": 2.0}, "eta=2.0"),
         ({"num_samples": 4, "labels": [0, 1, 0, 1]}, "labels=[0, 1, 0, 1]"),
+        ({"num_samples": 4, "ddpm_variance": "large"}, "ddpm_variance='large'"),
+        ({"num_samples": 4, "trajectory_every": 0}, "trajectory_every=0"),
+        ({"num_samples": 4, "guidance_scale": float("nan")}, "guidance_scale=nan"),
     ]:
         with pytest.raises(ValueError, match=f"Received: {received.replace('[', '.').replace(']', '.')}"):
             model.generate(**kwargs)
@@ -171,6 +174,41 @@ def test_predict_eps_converts_every_prediction_type(prediction_type):
     # A network that outputs exactly the target must give back ε.
     model.call = lambda x, t_, labels=None, training=False: target
     np.testing.assert_allclose(model.predict_eps(x_t, t), eps, atol=2e-4)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "x0", "v"])
+def test_denoise_gives_x0_and_eps_from_one_call(prediction_type):
+    model = built_model(prediction_type=prediction_type)
+    x0 = tf.random.stateless_uniform((5, 8, 8, 1), [3, 4], -1, 1)
+    eps = tf.random.stateless_normal((5, 8, 8, 1), [5, 6])
+    t = tf.constant([0, 3, 7, 12, 19])
+    x_t = model.diffusion.q_sample(x0, t, eps)
+    target = model.target(x0, t, eps)
+    calls = []
+
+    def network_output(x, t_, labels=None, training=False):
+        calls.append(1)
+        return target
+
+    model.call = network_output
+    x0_hat, eps_hat = model.denoise(x_t, t)
+    assert len(calls) == 1
+    np.testing.assert_allclose(x0_hat, x0, atol=2e-4)
+    np.testing.assert_allclose(eps_hat, eps, atol=2e-4)
+    if prediction_type == "x0":  # the network's x̂_0 is passed on, not rebuilt from ε̂
+        np.testing.assert_array_equal(x0_hat, target)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "x0"])
+def test_guided_denoise_is_the_same_combination_of_x0_and_of_eps(prediction_type):
+    keras.utils.set_random_seed(4)
+    model = built_model(tiny_unet(num_classes=3), prediction_type=prediction_type)
+    x = tf.random.stateless_normal((4, 8, 8, 1), [1, 9])
+    t, labels, w = tf.constant([0, 6, 13, 19]), tf.constant([0, 1, 2, 1]), 1.5
+    guided = model.denoise(x, t, labels, guidance_scale=w)
+    conditional, unconditional = model.denoise(x, t, labels), model.denoise(x, t, tf.fill([4], 3))
+    for g, c, u in zip(guided, conditional, unconditional):  # x̂_0, then ε̂
+        np.testing.assert_allclose(g, (1 + w) * c.numpy() - w * u.numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_min_snr_weight_matches_hang_et_al():

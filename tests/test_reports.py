@@ -4,7 +4,9 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from matplotlib import image as mpimg
 
 from tfdiffusion import reports, training
 
@@ -25,8 +27,10 @@ def moons_workdir(tmp_path_factory):
 def test_toy_figures(moons_workdir, tmp_path):
     written = reports.write_figures(str(moons_workdir), str(tmp_path))
     assert set(written) == {"schedules", "trajectory", "vector_field", "loss", "samples"}  # no image-only figure
-    for path in written.values():
-        assert pathlib.Path(path).stat().st_size > 5000
+    for name, path in written.items():
+        picture = mpimg.imread(path)
+        assert picture.ndim == 3 and min(picture.shape[:2]) >= 200, (name, picture.shape)
+        assert picture[..., :3].std() > 0.02, f"{name} is a blank picture"
 
 
 def test_bad_requests_name_the_value(moons_workdir, tmp_path):
@@ -69,3 +73,22 @@ def test_guidance_figure_one_row_per_class(tmp_path, monkeypatch):
     same = model.generate(12, seed=0, sampler="dpmpp_2m", num_steps=3, labels=np.repeat(np.arange(3), 4),
                           guidance_scale=0.0)
     np.testing.assert_array_equal(left.reshape(12, 8, 8, 1), same)
+
+
+def test_write_samples_draws_a_labelled_grid_atomically(tmp_path):
+    import tensorflow as tf
+
+    import tfdiffusion as tfd
+
+    network = tfd.layers.SeedUNet(channels=(8, 16), initial_channels=8, time_embedding_dim=16, time_mlp_width=32,
+                                  num_classes=3)
+    model = tfd.DiffusionModel(network, tfd.GaussianDiffusion(tfd.schedules.make_betas("cosine", 10)))
+    model(tf.zeros((1, 8, 8, 1)), tf.zeros((1,), tf.int32))
+    path = tmp_path / "samples.png"
+    samples = reports.write_samples(model, str(path), name="tiny", num_samples=6, sampler="ddim", num_steps=3,
+                                    guidance_scale=2.0)
+    assert samples.shape == (6, 8, 8, 1)
+    np.testing.assert_array_equal(samples, model.generate(6, sampler="ddim", num_steps=3, labels=np.arange(6) % 3,
+                                                          guidance_scale=2.0))
+    assert mpimg.imread(path)[..., :3].std() > 0.02
+    assert [p.name for p in tmp_path.iterdir()] == ["samples.png"]  # no temporary left behind

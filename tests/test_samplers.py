@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfdiffusion import diffusion as diffusion_lib
 from tfdiffusion import samplers, schedules
 from tfdiffusion.diffusion import GaussianDiffusion
 
@@ -38,6 +39,14 @@ _C1_TF, _C0_TF = tf.constant(C1, tf.float32), tf.constant(C0, tf.float32)
 
 def analytic_eps(x, t, labels=None):
     return tf.gather(_C1_TF, t)[:, None] * x + tf.gather(_C0_TF, t)[:, None]
+
+
+def eps_denoiser(eps_fn):
+    """`denoise_fn` (x̂_0, ε̂) of an ε-predictor, as `DiffusionModel.denoise` forms it."""
+    return lambda x, t, labels=None: DIFFUSION.x0_and_eps(x, t, eps_fn(x, t, labels), "epsilon")
+
+
+analytic_denoise = eps_denoiser(analytic_eps)
 
 
 def exact_ode_solution(x_T):
@@ -62,7 +71,7 @@ def run_sampler(sampler, num_steps, eta=0.0, *, x_T=None, seed=1, shape=(N, 1), 
     key = (sampler, shape, x_T is None, tuple(sorted(kwargs)))
     if key not in _FUNCTIONS:
         def fn(num_steps, eta, seed, x_T):
-            return samplers.sample(analytic_eps, DIFFUSION, shape, sampler=sampler, num_steps=num_steps, eta=eta,
+            return samplers.sample(analytic_denoise, DIFFUSION, shape, sampler=sampler, num_steps=num_steps, eta=eta,
                                    seed=seed, x_T=x_T, **kwargs)
         _FUNCTIONS[key] = tf.function(fn)
     out = _FUNCTIONS[key](tf.constant(num_steps), tf.constant(eta), tf.constant(seed, tf.int64),
@@ -190,20 +199,20 @@ def test_dpmpp_2m_beats_ddim_at_20_steps(x_T):
 @pytest.mark.parametrize("sampler,eta", SAMPLER_CASES)
 def test_same_seed_bitwise_equal_eager_and_tf_function(sampler, eta):
     kwargs = dict(sampler=sampler, num_steps=25, eta=eta, seed=5)
-    eager = samplers.sample(analytic_eps, DIFFUSION, (64, 1), **kwargs).numpy()
-    graph = tf.function(lambda: samplers.sample(analytic_eps, DIFFUSION, (64, 1), **kwargs))().numpy()
+    eager = samplers.sample(analytic_denoise, DIFFUSION, (64, 1), **kwargs).numpy()
+    graph = tf.function(lambda: samplers.sample(analytic_denoise, DIFFUSION, (64, 1), **kwargs))().numpy()
     np.testing.assert_array_equal(eager, graph)
-    again = samplers.sample(analytic_eps, DIFFUSION, (64, 1), **kwargs).numpy()
+    again = samplers.sample(analytic_denoise, DIFFUSION, (64, 1), **kwargs).numpy()
     np.testing.assert_array_equal(eager, again)
-    other = samplers.sample(analytic_eps, DIFFUSION, (64, 1), **{**kwargs, "seed": 6}).numpy()
+    other = samplers.sample(analytic_denoise, DIFFUSION, (64, 1), **{**kwargs, "seed": 6}).numpy()
     assert np.abs(other - eager).min() > 0.0
 
 
 def test_x_T_comes_from_seed_and_can_be_overridden():
     shape = (32, 1)
     x_T = tf.random.stateless_normal(shape, [9, 0])
-    from_seed = samplers.sample(analytic_eps, DIFFUSION, shape, sampler="ddim", num_steps=10, seed=9).numpy()
-    explicit = samplers.sample(analytic_eps, DIFFUSION, shape, sampler="ddim", num_steps=10, seed=0, x_T=x_T).numpy()
+    from_seed = samplers.sample(analytic_denoise, DIFFUSION, shape, sampler="ddim", num_steps=10, seed=9).numpy()
+    explicit = samplers.sample(analytic_denoise, DIFFUSION, shape, sampler="ddim", num_steps=10, seed=0, x_T=x_T).numpy()
     np.testing.assert_array_equal(from_seed, explicit)
 
 
@@ -227,7 +236,7 @@ def test_timestep_sequence_hand_values():
 
 def test_ddpm_trajectory_follows_algorithm_2_step_by_step():
     shape, seed, n = (16, 1), 3, 6
-    samples, frames = samplers.sample(analytic_eps, DIFFUSION, shape, sampler="ddpm", num_steps=n, seed=seed,
+    samples, frames = samplers.sample(analytic_denoise, DIFFUSION, shape, sampler="ddpm", num_steps=n, seed=seed,
                                       trajectory_every=1)
     frames, samples = frames.numpy(), samples.numpy()
     assert frames.shape == (n + 1,) + shape
@@ -247,9 +256,9 @@ def test_ddpm_trajectory_follows_algorithm_2_step_by_step():
 @pytest.mark.parametrize("n,k", [(10, 3), (10, 5), (10, 10), (7, 1), (1, 4)])
 def test_trajectory_frame_count_and_ends(n, k):
     shape = (8, 1)
-    samples, frames = samplers.sample(analytic_eps, DIFFUSION, shape, sampler="ddim", num_steps=n, eta=1.0, seed=4,
+    samples, frames = samplers.sample(analytic_denoise, DIFFUSION, shape, sampler="ddim", num_steps=n, eta=1.0, seed=4,
                                       trajectory_every=k)
-    _, every = samplers.sample(analytic_eps, DIFFUSION, shape, sampler="ddim", num_steps=n, eta=1.0, seed=4,
+    _, every = samplers.sample(analytic_denoise, DIFFUSION, shape, sampler="ddim", num_steps=n, eta=1.0, seed=4,
                                trajectory_every=1)
     assert frames.shape[0] == math.ceil(n / k) + 1
     np.testing.assert_array_equal(frames[0].numpy(), tf.random.stateless_normal(shape, [4, 0]).numpy())
@@ -282,13 +291,13 @@ class RecordingEps:
 
 
 @pytest.mark.parametrize("w", [0.5, 3.0])
-def test_guided_eps_is_one_batched_call_with_cfg_formula(w):
+def test_guidance_is_one_batched_call_with_cfg_formula(w):
     rng = np.random.default_rng(0)
     x = tf.constant(rng.normal(size=(4, 1)).astype(np.float32))
     t = tf.constant([5, 5, 9, 9])
     labels = tf.constant([0, 3, 7, 10])
     eps_fn = RecordingEps()
-    guided = samplers.guided_eps_fn(eps_fn, w, NULL)(x, t, labels).numpy()
+    guided = samplers.classifier_free_guidance(eps_fn, w, NULL)(x, t, labels).numpy()
     assert eps_fn.calls == [(8, [0, 3, 7, 10, NULL, NULL, NULL, NULL])]
     x64, t64, y64 = x.numpy().astype(np.float64), t.numpy()[:, None], labels.numpy()[:, None]
     conditional = 0.1 * x64 + 0.05 * y64 + 0.001 * t64
@@ -300,27 +309,53 @@ def test_zero_guidance_is_the_plain_conditional_in_one_call():
     x = tf.constant([[0.3], [-1.2]])
     t, labels = tf.constant([2, 2]), tf.constant([1, 4])
     eps_fn = RecordingEps()
-    out = samplers.guided_eps_fn(eps_fn, 0.0, NULL)(x, t, labels).numpy()
+    out = samplers.classifier_free_guidance(eps_fn, 0.0, NULL)(x, t, labels).numpy()
     assert eps_fn.calls == [(2, [1, 4])]
     np.testing.assert_array_equal(out, RecordingEps()(x, t, labels).numpy())
-    assert samplers.guided_eps_fn(eps_fn, None, NULL) is eps_fn
-    assert samplers.guided_eps_fn(eps_fn, 1.0, None) is eps_fn
+    assert samplers.classifier_free_guidance(eps_fn, None, NULL) is eps_fn
+    assert samplers.classifier_free_guidance(eps_fn, 1.0, None) is eps_fn
 
 
-def test_sample_with_guidance_batches_every_step():
+@pytest.mark.parametrize("prediction_type", ["epsilon", "x0", "v"])
+def test_guidance_on_the_prediction_is_guidance_on_x0_and_on_eps(prediction_type):
+    """x̂_0, ε̂ and v are affine in one another with coefficients of (x_t, t) only, and (1 + w) − w = 1:
+    guiding the network's prediction and converting equals guiding the converted x̂_0 and ε̂."""
+    rng = np.random.default_rng(1)
+    x = tf.constant(rng.normal(size=(6, 3)))
+    t = tf.constant([0, 3, 50, 200, 398, 399])
+    labels = tf.constant([0, 1, 2, 3, 4, 5])
+    weights = tf.constant(rng.normal(size=(NULL + 1, 3)))
+
+    def predict(x_, t_, labels_):  # a float64 "network" that depends on the label
+        return 0.7 * x_ + tf.gather(weights, labels_) + 0.001 * tf.cast(t_, tf.float64)[:, None]
+
+    def pair(x_, t_, labels_):
+        return DIFFUSION.x0_and_eps(x_, t_, predict(x_, t_, labels_), prediction_type)
+
+    w = 2.5
+    guide_then_convert = DIFFUSION.x0_and_eps(x, t, samplers.classifier_free_guidance(predict, w, NULL)(x, t, labels),
+                                             prediction_type)
+    convert_then_guide = samplers.classifier_free_guidance(pair, w, NULL)(x, t, labels)
+    for a, b in zip(guide_then_convert, convert_then_guide):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-9, atol=1e-9)
+
+
+def test_sample_with_a_guided_denoiser_batches_every_step():
     shape, n = (3, 1), 4
     labels = tf.constant([1, 2, 3])
-    eps_fn = RecordingEps()
-    guided = samplers.sample(eps_fn, DIFFUSION, shape, sampler="ddim", num_steps=n, seed=2, labels=labels,
-                             guidance_scale=2.0, null_label=NULL).numpy()
-    assert [c[0] for c in eps_fn.calls] == [6] * n
-    assert all(c[1] == [1, 2, 3, NULL, NULL, NULL] for c in eps_fn.calls)
-    plain_fn = RecordingEps()
-    plain = samplers.sample(plain_fn, DIFFUSION, shape, sampler="ddim", num_steps=n, seed=2, labels=labels).numpy()
-    zero_fn = RecordingEps()
-    zero = samplers.sample(zero_fn, DIFFUSION, shape, sampler="ddim", num_steps=n, seed=2, labels=labels,
-                           guidance_scale=0.0, null_label=NULL).numpy()
-    assert [c[0] for c in zero_fn.calls] == [3] * n
+
+    def run(guidance_scale):
+        eps_fn = RecordingEps()
+        denoise = eps_denoiser(samplers.classifier_free_guidance(eps_fn, guidance_scale, NULL))
+        out = samplers.sample(denoise, DIFFUSION, shape, sampler="ddim", num_steps=n, seed=2, labels=labels).numpy()
+        return out, eps_fn.calls
+
+    guided, calls = run(2.0)
+    assert [c[0] for c in calls] == [6] * n
+    assert all(c[1] == [1, 2, 3, NULL, NULL, NULL] for c in calls)
+    plain, _ = run(None)
+    zero, calls = run(0.0)
+    assert [c[0] for c in calls] == [3] * n
     np.testing.assert_array_equal(zero, plain)
     assert not np.allclose(guided, plain)
 
@@ -336,88 +371,58 @@ def test_sample_with_guidance_batches_every_step():
         (dict(num_steps=True), "Received: num_steps=True"),
         (dict(sampler="ddim", eta=1.5), "Received: eta=1.5"),
         (dict(sampler="ddim", eta=-0.1), "Received: eta=-0.1"),
-        (dict(guidance_scale=float("inf"), null_label=NULL), "Received: guidance_scale=inf"),
         (dict(ddpm_variance="large"), "Received: ddpm_variance='large'"),
         (dict(trajectory_every=0), "Received: trajectory_every=0"),
     ],
 )
 def test_invalid_requests_raise_value_error(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[")):
-        samplers.sample(analytic_eps, DIFFUSION, (2, 1), **kwargs)
+        samplers.sample(analytic_denoise, DIFFUSION, (2, 1), **kwargs)
 
 
 def test_validate_request_with_concrete_tensors():
     samplers.validate_request(T, sampler=tf.constant("ddim").numpy().decode(), num_steps=np.int32(5), eta=1.0)
+    with pytest.raises(ValueError, match="Received: guidance_scale=inf"):  # `generate`'s guidance check
+        samplers.validate_request(T, guidance_scale=float("inf"))
     with pytest.raises(ValueError, match="Received: num_steps=0"):
-        samplers.sample(analytic_eps, DIFFUSION, (2, 1), num_steps=tf.constant(0))
+        samplers.sample(analytic_denoise, DIFFUSION, (2, 1), num_steps=tf.constant(0))
     with pytest.raises(ValueError, match="Received: sampler='foo'"):
-        samplers.sample(analytic_eps, DIFFUSION, (2, 1), sampler=tf.constant("foo"))
+        samplers.sample(analytic_denoise, DIFFUSION, (2, 1), sampler=tf.constant("foo"))
 
 
 @pytest.fixture(scope="module")
 def graph_sample():
     @tf.function(input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.float32)])
     def fn(sampler, num_steps, eta):
-        return samplers.sample(analytic_eps, DIFFUSION, (4, 1), sampler=sampler, num_steps=num_steps, eta=eta, seed=3)
+        return samplers.sample(analytic_denoise, DIFFUSION, (4, 1), sampler=sampler, num_steps=num_steps, eta=eta,
+                               seed=3)
 
     return fn
-
-
-@pytest.fixture(scope="module")
-def graph_checks_fn():
-    @tf.function(input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.float32)])
-    def fn(sampler, num_steps, eta):
-        with tf.control_dependencies(samplers.graph_checks(T, sampler=sampler, num_steps=num_steps, eta=eta)):
-            return tf.identity(num_steps)
-
-    return fn
-
-
-BAD_TENSOR_REQUESTS = [
-    (("foo", 5, 0.0), 'sampler=\\\\?"foo'),
-    (("ddpm", 0, 0.0), "num_steps=0"),
-    (("ddpm", T + 1, 0.0), f"num_steps={T + 1}"),
-    (("ddim", 5, 1.5), "eta=1.5"),
-    (("ddim", 5, -0.1), "eta=-0.1"),
-]
-
-
-@pytest.mark.parametrize("args,pattern", BAD_TENSOR_REQUESTS)
-def test_graph_checks_raise_invalid_argument(graph_checks_fn, args, pattern):
-    assert graph_checks_fn("ddim", 5, 0.5).numpy() == 5
-    with pytest.raises(tf.errors.InvalidArgumentError, match=pattern):
-        graph_checks_fn(*args)
-
-
-@pytest.mark.parametrize("args,pattern", BAD_TENSOR_REQUESTS)
-def test_sample_in_graph_with_tensor_arguments_raises_invalid_argument(graph_sample, args, pattern):
-    with pytest.raises(tf.errors.InvalidArgumentError, match=pattern):
-        graph_sample(*args)
 
 
 def test_sample_in_graph_with_tensor_sampler_selects_the_right_branch(graph_sample):
+    # Symbolic tensors are trusted here; the exported signatures assert on them (test_export.py).
     for sampler, eta in SAMPLER_CASES:
-        expected = samplers.sample(analytic_eps, DIFFUSION, (4, 1), sampler=sampler, num_steps=5, eta=eta, seed=3)
+        expected = samplers.sample(analytic_denoise, DIFFUSION, (4, 1), sampler=sampler, num_steps=5, eta=eta, seed=3)
         np.testing.assert_array_equal(graph_sample(sampler, 5, eta).numpy(), expected.numpy())
 
 
-def test_graph_checks_guidance_labels_and_num_samples():
-    @tf.function(input_signature=[tf.TensorSpec([], tf.float32), tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32)])
-    def fn(w, labels, num_samples):
-        checks = samplers.graph_checks(T, sampler=tf.constant("ddpm"), num_steps=tf.constant(5), eta=tf.constant(0.0),
-                                       guidance_scale=w, labels=labels, num_samples=num_samples, null_label=NULL)
-        with tf.control_dependencies(checks):
-            return tf.identity(num_samples)
+# -- the registry -----------------------------------------------------------------------------------
+def test_a_new_solver_is_a_step_function_and_a_registry_entry(monkeypatch):
+    """A solver registered in SOLVERS runs through the driver, by name and as a string tensor."""
+    def euler_step(x, x0, eps, alpha_bar_t, alpha_bar_prev, noise, state, options):  # = DDIM, η = 0
+        x_prev = tf.cast(tf.sqrt(alpha_bar_prev), x.dtype) * x0 + tf.cast(tf.sqrt(1.0 - alpha_bar_prev), x.dtype) * eps
+        return x_prev, state + 1
 
-    assert fn(1.0, [0, 10], 2).numpy() == 2
-    with pytest.raises(tf.errors.InvalidArgumentError, match="guidance_scale=inf"):
-        fn(float("inf"), [0, 1], 2)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="labels=.*11"):
-        fn(1.0, [0, 11], 2)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="num_samples=3"):
-        fn(1.0, [0, 1], 3)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="num_samples=0"):
-        fn(1.0, np.zeros([0], np.int32), 0)
+    counting = samplers.Solver(euler_step, initial_state=lambda x_T: tf.constant(0))
+    monkeypatch.setitem(samplers.SOLVERS, "euler", counting)
+    got = samplers.sample(analytic_denoise, DIFFUSION, (16, 1), sampler="euler", num_steps=7, seed=1).numpy()
+    ddim = samplers.sample(analytic_denoise, DIFFUSION, (16, 1), sampler="ddim", num_steps=7, seed=1).numpy()
+    np.testing.assert_allclose(got, ddim, rtol=0, atol=1e-6)
+    by_tensor = tf.function(lambda name: samplers.sample(analytic_denoise, DIFFUSION, (16, 1), sampler=name,
+                                                         num_steps=7, seed=1))(tf.constant("euler"))
+    np.testing.assert_array_equal(by_tensor.numpy(), got)
+    assert set(samplers.SAMPLERS) <= set(samplers.SOLVERS) and samplers.SAMPLERS == ("ddpm", "ddim", "dpmpp_2m")
 
 
 # -- pure step functions against hand formulas ----------------------------------------------------
@@ -427,25 +432,32 @@ def _step_inputs(seed=0, n=64):
             rng.normal(size=(n, 2)).astype(np.float32))
 
 
+def _x0(x, eps, a_t):
+    return diffusion_lib.x0_from_eps(tf.constant(x), tf.constant(eps), tf.constant(a_t, tf.float64)).numpy()
+
+
 @pytest.mark.parametrize("t,t_prev", [(399, 398), (100, 50), (10, 0), (0, -1)])
 def test_ddpm_step_is_eq_11_plus_sigma_z(t, t_prev):
     x, eps, z = _step_inputs()
     a_t, a_p = ab(t), ab(t_prev)
     alpha, beta = a_t / a_p, 1 - a_t / a_p
+    x0 = _x0(x, eps, a_t)
     mean = (x.astype(np.float64) - beta / math.sqrt(1 - a_t) * eps) / math.sqrt(alpha)
     at, ap = tf.constant(a_t, tf.float64), tf.constant(a_p, tf.float64)
-    got_mean = samplers.ddpm_step(x, eps, at, ap, 0.0).numpy()
+    got_mean = samplers.ddpm_step(x, x0, eps, at, ap, 0.0).numpy()
     np.testing.assert_allclose(got_mean, mean, rtol=1e-5, atol=1e-5 / math.sqrt(alpha))
+    if t_prev < 0:  # into the data: Algorithm 2's last line, μ_θ(x_1, 1) = x̂_0
+        np.testing.assert_array_equal(got_mean, x0)
     beta_tilde = beta * (1 - a_p) / (1 - a_t)
-    np.testing.assert_allclose(samplers.ddpm_step(x, eps, at, ap, z).numpy() - got_mean, math.sqrt(beta_tilde) * z,
-                               atol=1e-5)
-    np.testing.assert_allclose(samplers.ddpm_step(x, eps, at, ap, z, "beta").numpy() - got_mean, math.sqrt(beta) * z,
-                               atol=1e-5)
-    if t_prev == t - 1:  # consecutive: the same as GaussianDiffusion.p_mean_variance
+    np.testing.assert_allclose(samplers.ddpm_step(x, x0, eps, at, ap, z).numpy() - got_mean,
+                               math.sqrt(beta_tilde) * z, atol=1e-5)
+    np.testing.assert_allclose(samplers.ddpm_step(x, x0, eps, at, ap, z, "beta").numpy() - got_mean,
+                               math.sqrt(beta) * z, atol=1e-5)
+    if t_prev == t - 1:  # consecutive: the very formula of GaussianDiffusion.p_mean_variance
         p_mean = DIFFUSION.p_mean_variance(tf.constant(eps), tf.constant(x), tf.fill([x.shape[0]], t))[0].numpy()
-        np.testing.assert_allclose(got_mean, p_mean, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(got_mean, p_mean)
     with pytest.raises(ValueError, match="variance_type='large'"):
-        samplers.ddpm_step(x, eps, at, ap, z, "large")
+        samplers.ddpm_step(x, x0, eps, at, ap, z, "large")
 
 
 @pytest.mark.parametrize("t,t_prev", [(399, 398), (300, 100), (20, 0), (5, -1)])
@@ -454,27 +466,28 @@ def test_ddim_step_hand_formula_and_eta_one_is_ddpm(t, t_prev):
     a_t, a_p = ab(t), ab(t_prev)
     at, ap = tf.constant(a_t, tf.float64), tf.constant(a_p, tf.float64)
     x0 = (x.astype(np.float64) - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+    x0_32 = _x0(x, eps, a_t)
     deterministic = math.sqrt(a_p) * x0 + math.sqrt(1 - a_p) * eps  # η = 0, Song et al. eq. 12
-    np.testing.assert_allclose(samplers.ddim_step(x, eps, at, ap, 0.0, z).numpy(), deterministic, atol=2e-5)
+    np.testing.assert_allclose(samplers.ddim_step(x, x0_32, eps, at, ap, 0.0, z).numpy(), deterministic, atol=2e-5)
     # η = 1: σ = √β̃ (the DDPM posterior), and the mean is DDPM's eq. 11.
     beta_tilde = (1 - a_t / a_p) * (1 - a_p) / (1 - a_t)
-    zero = samplers.ddim_step(x, eps, at, ap, 1.0, np.zeros_like(z)).numpy()
-    np.testing.assert_allclose(samplers.ddim_step(x, eps, at, ap, 1.0, z).numpy() - zero, math.sqrt(beta_tilde) * z,
-                               atol=2e-5)
-    np.testing.assert_allclose(zero, samplers.ddpm_step(x, eps, at, ap, 0.0).numpy(), atol=2e-5)
+    zero = samplers.ddim_step(x, x0_32, eps, at, ap, 1.0, np.zeros_like(z)).numpy()
+    np.testing.assert_allclose(samplers.ddim_step(x, x0_32, eps, at, ap, 1.0, z).numpy() - zero,
+                               math.sqrt(beta_tilde) * z, atol=2e-5)
+    np.testing.assert_allclose(zero, samplers.ddpm_step(x, x0_32, eps, at, ap, 0.0).numpy(), atol=2e-5)
     # η = 0.5: σ = ½√β̃ and the ε coefficient is √(1 − ᾱ_prev − σ²).
     sigma = 0.5 * math.sqrt(beta_tilde)
     half = math.sqrt(a_p) * x0 + math.sqrt(max(1 - a_p - sigma**2, 0.0)) * eps + sigma * z
-    np.testing.assert_allclose(samplers.ddim_step(x, eps, at, ap, 0.5, z).numpy(), half, atol=2e-5)
+    np.testing.assert_allclose(samplers.ddim_step(x, x0_32, eps, at, ap, 0.5, z).numpy(), half, atol=2e-5)
 
 
 @pytest.mark.parametrize("t,t_prev", [(399, 370), (200, 150), (30, 0)])
 def test_dpmpp_2m_first_step_equals_ddim_eta0(t, t_prev):
     x, eps, _ = _step_inputs(2)
     at, ap = tf.constant(ab(t), tf.float64), tf.constant(ab(t_prev), tf.float64)
-    x0 = samplers.predict_x0(x, eps, at)
+    x0 = _x0(x, eps, ab(t))
     first, h = samplers.dpmpp_2m_step(x, x0, tf.zeros_like(x0), at, ap, tf.constant(1.0, tf.float64), True)
-    ddim = samplers.ddim_step(x, eps, at, ap, 0.0, tf.zeros_like(x0))
+    ddim = samplers.ddim_step(x, x0, eps, at, ap, 0.0, tf.zeros_like(x0))
     np.testing.assert_allclose(first.numpy(), ddim.numpy(), rtol=1e-5, atol=1e-5)
     lam = lambda a: 0.5 * math.log(a / (1 - a))  # noqa: E731
     assert h.numpy() == pytest.approx(lam(ab(t_prev)) - lam(ab(t)), rel=1e-12)
@@ -499,13 +512,6 @@ def test_dpmpp_2m_second_order_step_and_final_step():
     np.testing.assert_array_equal(final.numpy(), x0)
 
 
-def test_half_log_snr_and_x0_eps_conversions():
+def test_half_log_snr():
     assert samplers.half_log_snr(tf.constant(0.5, tf.float64)).numpy() == pytest.approx(0.0, abs=1e-15)
     assert samplers.half_log_snr(tf.constant(0.8, tf.float64)).numpy() == pytest.approx(math.log(2.0), rel=1e-12)
-    rng = np.random.default_rng(4)
-    x0, eps = rng.normal(size=(32, 3)), rng.normal(size=(32, 3))
-    a = 0.37
-    x_t = math.sqrt(a) * x0 + math.sqrt(1 - a) * eps
-    a_tf = tf.constant(a, tf.float64)
-    np.testing.assert_allclose(samplers.predict_x0(tf.constant(x_t), tf.constant(eps), a_tf).numpy(), x0, atol=1e-12)
-    np.testing.assert_allclose(samplers.eps_from_x0(tf.constant(x_t), tf.constant(x0), a_tf).numpy(), eps, atol=1e-12)

@@ -2,6 +2,7 @@
 
 import json
 import re
+import zipfile
 
 import keras
 import numpy as np
@@ -11,27 +12,23 @@ from tfdiffusion.layers import AttentionBlock, ResidualBlock, UNet
 
 from network_checks import assert_keras_file_round_trip, fit_once, randomize, to_numpy
 
-# 28 → 14 → 7 with attention at 7 (and in the middle), GroupNorm(4) on widths 8 and 16.
-TINY_28 = dict(base_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(7,), num_groups=4,
+# 28 → 14 → 7 with attention at 7 (level 2, and in the middle), GroupNorm(4) on widths 8 and 16.
+TINY_28 = dict(base_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1, attention_levels=(2,), num_groups=4,
                num_heads=2)
-# 32 → 16 → 8 → 4 with attention at 8.
-TINY_32 = dict(base_channels=8, channel_mult=(1, 2, 2, 2), num_res_blocks=1, attention_resolutions=(8,),
+# 32 → 16 → 8 → 4 with attention at 8 (level 2).
+TINY_32 = dict(base_channels=8, channel_mult=(1, 2, 2, 2), num_res_blocks=1, attention_levels=(2,),
                num_groups=4, num_heads=2, output_channels=3)
-# 8×8 inputs, 8 → 4 with attention at 4 (and in the middle).
-SMALL = dict(base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,), num_groups=4,
+# 8×8 inputs, 8 → 4 with attention at 4 (level 1, and in the middle).
+SMALL = dict(base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), num_groups=4,
              num_heads=2)
 # For the train steps (the XLA compilations are the slowest tests): one level, attention only in the
 # middle; down- and up-sampling are covered by the other tests.
-TRAIN = dict(base_channels=8, channel_mult=(1,), num_res_blocks=1, attention_resolutions=(), num_groups=4,
+TRAIN = dict(base_channels=8, channel_mult=(1,), num_res_blocks=1, attention_levels=(), num_groups=4,
              num_heads=2)
 
 
 def _images(shape, seed=0):
     return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
-
-
-
-
 
 
 # -- blocks --------------------------------------------------------------------------------------------
@@ -112,16 +109,62 @@ def test_unet_output_shape(shape, kwargs):
     print(f"UNet{kwargs} on {shape[1:]}: {net.count_params():,} parameters")
 
 
-def test_unet_attention_placement_follows_spatial_sizes():
-    net = UNet(**{**TINY_28, "num_res_blocks": 2, "attention_resolutions": (14, 7)})
-    net.build((1, 28, 28, 1), (1,))
-    # Level 1 is 14×14 and level 2 is 7×7: attention after their 2 down and 3 up blocks; none at 28×28.
-    assert sorted(net.attention_blocks) == sorted(
-        [f"down_{i}_{j}" for i in (1, 2) for j in range(2)] + [f"up_{i}_{j}" for i in (1, 2) for j in range(3)]
-    )
-    none = UNet(**{**TINY_28, "attention_resolutions": ()})
-    none.build((1, 28, 28, 1), (1,))
-    assert none.attention_blocks == {}
+# Attention after the 2 down and 3 up blocks of levels 1 and 2, in the order of the forward pass.
+LEVELS_1_2 = [f"down_{i}_{j}" for i in (1, 2) for j in range(2)] + [f"up_{i}_{j}" for i in (2, 1) for j in range(3)]
+
+
+def test_unet_creates_attention_at_the_given_levels_before_build():
+    net = UNet(**{**TINY_28, "num_res_blocks": 2, "attention_levels": (1, 2)})
+    assert not net.built
+    assert list(net.attention_blocks) == LEVELS_1_2
+    assert [block.channels for block in net.attention_blocks.values()] == [16] * 10  # widths of levels 1 and 2
+    assert UNet(**{**TINY_28, "attention_levels": ()}).attention_blocks == {}
+
+
+def test_unet_architecture_does_not_depend_on_the_input_size():
+    def weight_shapes(size):
+        net = UNet(**TINY_28, name="unet")
+        net.build((1, size, size, 1), (1,))
+        return [(w.path, tuple(w.shape)) for w in net.weights]
+
+    assert weight_shapes(28) == weight_shapes(8)
+
+
+LEGACY_28 = {**{k: v for k, v in TINY_28.items() if k != "attention_levels"}, "num_res_blocks": 2}
+
+
+def test_deprecated_attention_resolutions_resolve_to_the_same_levels_in_build():
+    with pytest.warns(DeprecationWarning, match="attention_levels"):
+        legacy = UNet(**LEGACY_28, attention_resolutions=(14, 7), name="unet")
+    config = legacy.get_config()  # before build: the form it was given, so from_config gives the same network
+    assert config["attention_resolutions"] == [14, 7] and "attention_levels" not in config
+    legacy.build((1, 28, 28, 1), (1,))
+    assert legacy.attention_levels == (1, 2) and list(legacy.attention_blocks) == LEVELS_1_2
+    assert legacy.get_config() == UNet(**LEGACY_28, attention_levels=(1, 2), name="unet").get_config()
+    with pytest.raises(ValueError, match="not both"):
+        UNet(**LEGACY_28, attention_levels=(1,), attention_resolutions=(7,))
+
+
+def test_a_file_saved_with_attention_resolutions_loads(tmp_path):
+    """A .keras file written before attention_levels existed (its config edited back to the old key)."""
+    net = UNet(**TINY_28)
+    path = tmp_path / "new.keras"
+    assert_keras_file_round_trip(net, path)
+    old = tmp_path / "old.keras"
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(old, "w") as target:
+        for item in source.infolist():
+            data = source.read(item.filename)
+            if item.filename == "config.json":
+                config = json.loads(data)
+                del config["config"]["attention_levels"]
+                config["config"]["attention_resolutions"] = [7]
+                data = json.dumps(config)
+            target.writestr(item, data)
+    x, t = _images((2, 28, 28, 1)), np.array([3, 17], np.int32)
+    with pytest.warns(DeprecationWarning):
+        loaded = keras.saving.load_model(old)
+    assert loaded.attention_levels == (2,) and list(loaded.attention_blocks) == list(net.attention_blocks)
+    np.testing.assert_array_equal(to_numpy(loaded(x, t)), to_numpy(net(x, t)))
 
 
 def test_unet_output_depends_on_time():
@@ -172,7 +215,9 @@ def test_unet_rejects_indivisible_or_bad_shapes(shape):
         (dict(channel_mult=()), "channel_mult=()"),
         (dict(channel_mult=(1, 0)), "channel_mult=(1, 0)"),
         (dict(num_res_blocks=0), "num_res_blocks=0"),
-        (dict(attention_resolutions=("7",)), "attention_resolutions=('7',)"),
+        (dict(attention_levels=("2",)), "attention_levels=('2',)"),
+        (dict(attention_levels=(3,)), "attention_levels=(3,)"),
+        (dict(attention_levels=(1, 1)), "attention_levels=(1, 1)"),
         (dict(dropout=-0.1), "dropout=-0.1"),
         (dict(num_heads=3), "num_heads=3"),
         (dict(output_channels=0), "output_channels=0"),
@@ -184,11 +229,10 @@ def test_unet_rejects_bad_arguments(kwargs, pattern):
 
 
 def test_unet_rejects_heads_not_dividing_an_attention_level():
-    # The middle (width 16) takes 16 heads, the 8×8 level of width 24 with attention does not.
-    net = UNet(base_channels=8, channel_mult=(3, 2), num_res_blocks=1, attention_resolutions=(8,), num_groups=4,
-               num_heads=16)
+    # The middle (width 16) takes 16 heads, level 0 of width 24 with attention does not: found in __init__.
     with pytest.raises(ValueError, match="num_heads=16"):
-        net.build((1, 8, 8, 1), (1,))
+        UNet(base_channels=8, channel_mult=(3, 2), num_res_blocks=1, attention_levels=(0,), num_groups=4,
+             num_heads=16)
 
 
 def test_unet_config_json_round_trip():
@@ -206,7 +250,7 @@ def test_unet_config_json_round_trip():
 def test_unet_keras_file_round_trip(tmp_path, num_classes):
     net = UNet(**TINY_28, num_classes=num_classes)
     loaded = assert_keras_file_round_trip(net, tmp_path / "unet.keras", num_classes)
-    assert sorted(loaded.attention_blocks) == sorted(net.attention_blocks)
+    assert list(loaded.attention_blocks) == list(net.attention_blocks) == ["down_2_0", "up_2_0", "up_2_1"]
 
 
 # -- training --------------------------------------------------------------------------------------------

@@ -24,18 +24,21 @@ as `DiffusionModel.generate` draws it, so one seed gives the same samples eagerl
 A bad request (num_steps outside [1, T], num_samples < 1, an unknown sampler, eta outside
 [0, 1], labels out of range or not one per sample for a class-conditional model, t outside
 [0, T)) fails with an InvalidArgumentError whose message names the argument, e.g.
-"num_steps must be in [1, 20]. Received: num_steps=0"; the server keeps serving.
+"num_steps must be in [1, 20]. Received: num_steps=0"; the server keeps serving. These graph
+assertions live here only: the samplers and the model trust the tensors they are given, and
+Python callers are checked where they enter (`DiffusionModel.generate`, `samplers.sample`).
 """
 
 import os
 import re
-import shutil
-import tempfile
 
 import keras
 import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
 
 from tfdiffusion import samplers
+from tfdiffusion.checkpoints import atomic_path, atomic_write_text
 from tfdiffusion.model import DiffusionModel
 
 SAMPLE_SIGNATURE = "sample"
@@ -56,29 +59,72 @@ def _check_model(model):
         )
 
 
+# -- graph assertions on a request ------------------------------------------------------------
+def _assert(condition, template, *values):
+    """A graph assertion whose message formats `values` into `template` at run time ("{}")."""
+    return tf.debugging.Assert(condition, [tf.strings.format(template, values)])
+
+
+def sample_checks(num_timesteps, *, sampler, num_steps, eta, num_samples, guidance_scale=None, labels=None,
+                  null_label=None, max_num_samples=None):
+    """Assertions on a `sample` request (InvalidArgumentError naming the argument), as a list of ops.
+
+    `samplers.validate_request`'s checks for run-time values, plus the request's shape: num_samples
+    (≥ 1, ≤ max_num_samples) and, given `null_label`, one label in [0, null_label] per sample.
+    """
+    names = tf.constant(list(samplers.SOLVERS))
+    checks = [
+        _assert(tf.reduce_any(tf.equal(sampler, names)), "Unknown sampler. Expected one of {}. Received: sampler={}",
+                names, sampler),
+        _assert(tf.logical_and(num_steps >= 1, num_steps <= num_timesteps),
+                f"num_steps must be in [1, {num_timesteps}]. Received: num_steps={{}}", num_steps),
+        _assert(tf.logical_and(eta >= 0.0, eta <= 1.0), "eta must be in [0, 1]. Received: eta={}", eta),
+        _assert(num_samples >= 1, "num_samples must be >= 1. Received: num_samples={}", num_samples),
+    ]
+    if max_num_samples is not None:
+        checks.append(_assert(num_samples <= max_num_samples,
+                              f"num_samples must be <= {max_num_samples}. Received: num_samples={{}}", num_samples))
+    if guidance_scale is not None:
+        checks.append(_assert(tf.math.is_finite(guidance_scale),
+                              "guidance_scale must be finite. Received: guidance_scale={}", guidance_scale))
+    if labels is not None and null_label is not None:
+        checks += [
+            _assert(tf.reduce_all(tf.logical_and(labels >= 0, labels <= null_label)),
+                    f"labels must lie in [0, {null_label}]. Received: labels={{}}", labels),
+            _assert(tf.equal(tf.size(labels), num_samples),
+                    "labels must hold num_samples={} values. Received: labels={}", num_samples, labels),
+        ]
+    return checks
+
+
+def denoise_checks(num_timesteps, *, x_t, t, labels=None, null_label=None):
+    """Assertions on a `denoise` request: t in [0, T) and, given `null_label`, labels, one per row."""
+    rows = tf.shape(x_t)[0]
+    checks = [
+        _assert(tf.reduce_all(tf.logical_and(t >= 0, t < num_timesteps)),
+                f"t must lie in [0, {num_timesteps - 1}]. Received: t={{}}", t),
+        _assert(tf.equal(tf.size(t), rows), "t must hold one timestep per row of x_t. Received: t={}", t),
+    ]
+    if labels is not None and null_label is not None:
+        checks += [
+            _assert(tf.reduce_all(tf.logical_and(labels >= 0, labels <= null_label)),
+                    f"labels must lie in [0, {null_label}]. Received: labels={{}}", labels),
+            _assert(tf.equal(tf.size(labels), rows), "labels must hold one label per row of x_t. Received: labels={}",
+                    labels),
+        ]
+    return checks
+
+
+# -- the signatures ---------------------------------------------------------------------------
 def _sample_function(model, max_num_samples):
     """The `sample` signature's function (plain graph, no XLA)."""
-    T = model.diffusion.num_timesteps
     conditional = model.num_classes is not None
 
     def sample(seed, num_samples, num_steps, sampler, eta, guidance_scale, labels):
-        checks = samplers.graph_checks(
-            T,
-            sampler=sampler,
-            num_steps=num_steps,
-            eta=eta,
-            guidance_scale=guidance_scale if conditional else None,
-            labels=labels if conditional else None,
-            num_samples=num_samples,
-            null_label=model.num_classes,
-        )
-        if max_num_samples is not None:
-            checks.append(
-                tf.debugging.Assert(
-                    num_samples <= max_num_samples,
-                    [tf.strings.format(f"num_samples must be <= {max_num_samples}. Received: num_samples={{}}", num_samples)],
-                )
-            )
+        checks = sample_checks(model.diffusion.num_timesteps, sampler=sampler, num_steps=num_steps, eta=eta,
+                               num_samples=num_samples, guidance_scale=guidance_scale if conditional else None,
+                               labels=labels if conditional else None, null_label=model.num_classes,
+                               max_num_samples=max_num_samples)
         # Every op of the sampler is created under the checks, so a bad request fails before it
         # reaches a shape or a gather (e.g. linspace with num_steps = 0) with a message that
         # does not name the argument.
@@ -99,31 +145,11 @@ def _sample_function(model, max_num_samples):
 
 def _denoise_function(model):
     """The `denoise` signature's function: ε̂(x_t, t) whatever the prediction type."""
-    T = model.diffusion.num_timesteps
     conditional = model.num_classes is not None
 
     def denoise(x_t, t, labels):
-        checks = [
-            tf.debugging.Assert(
-                tf.reduce_all(tf.logical_and(t >= 0, t < T)),
-                [tf.strings.format(f"t must lie in [0, {T - 1}]. Received: t={{}}", t)],
-            ),
-            tf.debugging.Assert(
-                tf.equal(tf.size(t), tf.shape(x_t)[0]),
-                [tf.strings.format("t must hold one timestep per row of x_t. Received: t={}", t)],
-            ),
-        ]
-        if conditional:
-            checks += [
-                tf.debugging.Assert(
-                    tf.reduce_all(tf.logical_and(labels >= 0, labels <= model.num_classes)),
-                    [tf.strings.format(f"labels must lie in [0, {model.num_classes}]. Received: labels={{}}", labels)],
-                ),
-                tf.debugging.Assert(
-                    tf.equal(tf.size(labels), tf.shape(x_t)[0]),
-                    [tf.strings.format("labels must hold one label per row of x_t. Received: labels={}", labels)],
-                ),
-            ]
+        checks = denoise_checks(model.diffusion.num_timesteps, x_t=x_t, t=t, labels=labels if conditional else None,
+                                null_label=model.num_classes)
         with tf.control_dependencies(checks):
             eps = model.predict_eps(tf.identity(x_t), tf.identity(t), tf.identity(labels) if conditional else None)
             return {"eps": tf.identity(tf.cast(eps, tf.float32), name="eps")}
@@ -169,9 +195,9 @@ def _write_archive(archive, path):
 def export_sampler(model, export_dir, *, max_num_samples=None):
     """Writes `model`'s `sample`, `serving_default` and `denoise` signatures to `export_dir`.
 
-    The SavedModel is written into a temporary directory beside `export_dir` (a hidden name,
-    which TF Serving's version scan ignores) and renamed into place, so a reader never sees
-    a half-written version; on failure nothing is left behind.
+    The SavedModel is written through `checkpoints.atomic_path`: into a hidden directory beside
+    `export_dir` (which TF Serving's version scan ignores), renamed into place when complete, so a
+    reader never sees a half-written version; on failure nothing is left behind.
 
     Args:
       model: a built `DiffusionModel` (trained, or called once on data).
@@ -192,20 +218,8 @@ def export_sampler(model, export_dir, *, max_num_samples=None):
     ):
         raise ValueError(f"max_num_samples must be None or an integer >= 1. Received: max_num_samples={max_num_samples!r}")
     export_dir = os.path.abspath(os.fspath(export_dir))
-    if os.path.lexists(export_dir):
-        raise FileExistsError(f"Refusing to overwrite an existing export. Received: export_dir={export_dir!r}")
-    parent = os.path.dirname(export_dir)
-    os.makedirs(parent, exist_ok=True)
-    archive = _archive(model, max_num_samples)
-    temporary = tempfile.mkdtemp(prefix=f".{os.path.basename(export_dir)}.tmp-", dir=parent)
-    try:
-        _write_archive(archive, temporary)
-        if os.path.lexists(export_dir):  # created by someone else while we were writing
-            raise FileExistsError(f"Refusing to overwrite an existing export. Received: export_dir={export_dir!r}")
-        os.rename(temporary, export_dir)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
+    with atomic_path(export_dir, directory=True, overwrite=False) as temporary:
+        _write_archive(_archive(model, max_num_samples), temporary)
     return export_dir
 
 
@@ -219,124 +233,41 @@ def existing_versions(model_dir):
     )
 
 
-def _split_config_blocks(text):
-    """The `config { ... }` blocks of a model_config_list text proto, as raw text.
+def read_model_config(config_path):
+    """The `ModelServerConfig` of a TF Serving model config file (empty when there is none).
 
-    A small scanner that respects quoted strings and `#` comments; returns None when the
-    text is not `model_config_list { config {...} ... }`.
+    Raises:
+      ValueError: naming the path, when the file is not a `model_config_list` text proto.
     """
-    length = len(text)
-
-    def skip_space(i):
-        while i < length:
-            if text[i].isspace():
-                i += 1
-            elif text[i] == "#":
-                while i < length and text[i] != "\n":
-                    i += 1
-            else:
-                break
-        return i
-
-    def block_end(i):
-        """Index just past the `}` closing the `{` at text[i]."""
-        depth = 0
-        while i < length:
-            c = text[i]
-            if c in "\"'":
-                i += 1
-                while i < length and text[i] != c:
-                    i += 2 if text[i] == "\\" else 1
-            elif c == "#":
-                while i < length and text[i] != "\n":
-                    i += 1
-            elif c == "{":
-                depth += 1
-            elif c == "}":
-                depth -= 1
-                if depth == 0:
-                    return i + 1
-            i += 1
-        return None
-
-    position = skip_space(0)
-    match = re.compile(r"model_config_list\s*:?\s*\{").match(text, position)
-    if not match:
-        return None
-    end = block_end(match.end() - 1)
-    if end is None or skip_space(end) != length:
-        return None
-    inner_end = end - 1
-    blocks, position = [], skip_space(match.end())
-    config = re.compile(r"config\s*:?\s*\{")
-    while position < inner_end:
-        found = config.match(text, position)
-        if not found:
-            return None
-        block_stop = block_end(found.end() - 1)
-        if block_stop is None or block_stop > inner_end:
-            return None
-        blocks.append(text[position:block_stop])
-        position = skip_space(block_stop)
-    return blocks
-
-
-def _config_block_name(block):
-    found = re.search(r"\bname\s*:\s*\"((?:[^\"\\]|\\.)*)\"", block)
-    return None if found is None else found.group(1)
-
-
-def _quote(value):
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _read_config_blocks(config_path):
-    """The raw `config { ... }` blocks of an existing model config ([] when there is none)."""
+    config = model_server_config_pb2.ModelServerConfig()
     if not os.path.exists(config_path):
-        return []
+        return config
     with open(config_path, encoding="utf-8") as f:
         text = f.read()
-    blocks = [] if not text.strip() else _split_config_blocks(text)
-    if blocks is None:
-        raise ValueError(
-            "Cannot update a model config that is not a plain `model_config_list { config { ... } }` text "
-            f"proto. Received: config_path={config_path!r}"
-        )
-    return blocks
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as error:
+        raise ValueError(f"Cannot read the TF Serving model config ({error}). Received: config_path={config_path!r}"
+                         ) from error
+    if config.WhichOneof("config") == "custom_model_config":
+        raise ValueError("Cannot add a model to a custom_model_config; expected a model_config_list. "
+                         f"Received: config_path={config_path!r}")
+    return config
 
 
 def update_model_config(config_path, name, base_path):
     """Adds or replaces the entry `name` of a TF Serving model_config_list file.
 
-    Other entries are kept verbatim (with any version policy or labels they carry). The
-    file is replaced atomically.
+    Other entries are kept with all their fields (version policies, labels); a replaced entry
+    keeps its place. The file is rewritten from the `ModelServerConfig` proto (comments are not
+    kept) and replaced atomically.
     """
-    blocks = _read_config_blocks(config_path)
-    entry = (
-        "config {\n"
-        f"    name: {_quote(name)}\n"
-        f"    base_path: {_quote(base_path)}\n"
-        '    model_platform: "tensorflow"\n'
-        "  }"
-    )
-    kept = [block for block in blocks if _config_block_name(block) != name]
-    replaced = len(kept) != len(blocks)
-    if replaced:  # keep the entry where it was
-        index = next(i for i, block in enumerate(blocks) if _config_block_name(block) == name)
-        kept.insert(index, entry)
-    else:
-        kept.append(entry)
-    text = "model_config_list {\n" + "".join(f"  {block}\n" for block in kept) + "}\n"
-    directory = os.path.dirname(os.path.abspath(config_path))
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(config_path)}.tmp-", dir=directory)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(temporary, config_path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    config = read_model_config(config_path)
+    entries = config.model_config_list.config
+    entry = next((e for e in entries if e.name == name), None) or entries.add()
+    entry.Clear()
+    entry.name, entry.base_path, entry.model_platform = name, base_path, "tensorflow"
+    atomic_write_text(config_path, text_format.MessageToString(config))
     return config_path
 
 
@@ -375,7 +306,7 @@ def export_for_serving(model, export_base, name, version=None, *, serving_base=N
     export_base = os.path.abspath(os.fspath(export_base))
     model_dir = os.path.join(export_base, name)
     config_path = os.path.join(export_base, MODEL_CONFIG_FILE)
-    _read_config_blocks(config_path)  # an unreadable config fails before anything is written
+    read_model_config(config_path)  # an unreadable config fails before anything is written
     if version is None:
         versions = existing_versions(model_dir)
         version = versions[-1] + 1 if versions else 1

@@ -1,34 +1,40 @@
-"""Evaluation: FID/KID on classifier features, bits/dim from the variational bound, toy metrics.
+"""The maths of evaluation: Fréchet distance, KID, precision/recall, classifier extras, bits/dim, toy distances.
 
-The protocol, stated once (what `tools/evaluate.py` follows):
+Pure functions of arrays (and, for the likelihood, of an ε-function and a `GaussianDiffusion`):
+no networks are built, no files read or written. The evaluation protocol that feeds them —
+drawing samples, the classifier's features, reference statistics and their cache, the reports —
+is `tfdiffusion.evaluation`.
 
-* **Features.** A small CNN trained on the dataset (`build_classifier`, trained by
-  `tools/train_classifier.py`), not Inception: its 128-unit "features" layer (post-ReLU) is
-  the embedding, its logits give the classifier extras. Images in [0, 1] (or uint8) are
-  *quantised to uint8 first* — round(x·255) — exactly like the dataset's own pixels, so
-  that a model is not rewarded or punished for sub-quantum noise; the classifier itself
-  takes pixel values in [0, 255] and rescales them with its first layer. The network always
-  runs in inference mode (dropout off, batch-norm moving statistics).
-* **FID** (Heusel et al. 2017): the Fréchet distance between Gaussians fitted to the two
-  feature sets (float64; unbiased covariances), ‖μ_a − μ_b‖² + tr(Σ_a + Σ_b − 2(Σ_a Σ_b)^½).
-  It is biased upwards at small N; compare numbers only at equal N (the report states N).
+* **FID** (Heusel et al. 2017): the Fréchet distance between Gaussians fitted to two feature
+  sets (float64; unbiased covariances), ‖μ_a − μ_b‖² + tr(Σ_a + Σ_b − 2(Σ_a Σ_b)^½). It is
+  biased upwards at small N; compare numbers only at equal N.
+  With fewer samples than dimensions (N < d, e.g. a few hundred Inception features of 2048
+  dimensions) Σ is a Gram matrix XᵀX/(N−1) of rank < N and tr((Σ Σ_ref)^½) is computed
+  exactly from the N×N matrix X Σ_ref Xᵀ instead of a d×d square root (`frechet_distance_to_statistics`).
 * **KID** (Bińkowski et al. 2018): the unbiased MMD² with the cubic polynomial kernel
   k(x, y) = (x·y / d + 1)³, mean and standard deviation over random subsets.
-* **Reference**: all images of one split of the real data (default: test), statistics
-  cached per (dataset, split, classifier) in an .npz (`reference_statistics`).
+* **Precision and recall** (Kynkäänniemi et al. 2019): each feature set spans a manifold, the
+  union of balls around its points with radius the distance to the k-th nearest neighbour
+  (k = 3); precision is the fraction of generated samples inside the real manifold (fidelity),
+  recall the fraction of real samples inside the generated one (coverage).
+* **Classifier extras**: the confident fraction, the label histogram and, for class-conditional
+  models, how often the requested class was drawn — all from a classifier's logits.
+* **Likelihood**: `bits_per_dim` evaluates the DDPM variational bound (Ho et al. 2020, eq. 5 and
+  App. B; Sohl-Dickstein et al. 2015) with the discretised Gaussian decoder on 256 bins. With
+  0-based table indices t ∈ [0, T) (x^(t) ~ q(x_t | x0) is the paper's x_{t+1}):
 
-Likelihood: `bits_per_dim` evaluates the DDPM variational bound (Ho et al. 2020, eq. 5 and
-App. B; Sohl-Dickstein et al. 2015) with the discretised Gaussian decoder on 256 bins.
+      L = L_T + Σ_{t=1}^{T−1} L_t + L_0
+      L_T = KL(q(x^(T−1) | x0) ‖ N(0, I))                               (closed form)
+      L_t = E_{x^(t)} KL(q(x^(t−1) | x^(t), x0) ‖ p_θ(x^(t−1) | x^(t)))  (one draw of x^(t))
+      L_0 = −log p_θ(x0 | x^(0))
 
-Toys: `energy_distance` (Székely & Rizzo) for any dimension and `ks_statistic_1d`, the
-two-sample Kolmogorov–Smirnov statistic.
-
-This module imports no other tfdiffusion module (in particular never `model` or `training`): it\ntakes ε-functions and `GaussianDiffusion` objects as arguments.
+  The bound is ≥ −log p_θ(x0) and equals the model's NLL only when every reverse step is the
+  true reverse conditional (optimal mean *and* variance).
+* **Toys**: `energy_distance` (Székely & Rizzo) for any dimension and `ks_statistic_1d`, the
+  two-sample Kolmogorov–Smirnov statistic.
 """
 
-import hashlib
 import math
-import os
 import warnings
 
 import keras
@@ -37,13 +43,13 @@ import scipy.linalg
 import scipy.special
 import tensorflow as tf
 
-FEATURES_LAYER = "features"
-LOGITS_LAYER = "logits"
+from tfdiffusion.diffusion import VARIANCE_TYPES
+
 _LN2 = math.log(2.0)
 
 
 # ============================================================================================
-# Fréchet distance and kernel inception distance
+# Fréchet distance, kernel inception distance, precision and recall
 # ============================================================================================
 def _as_features(features, name):
     features = np.asarray(features, dtype=np.float64)
@@ -116,8 +122,48 @@ def frechet_distance_from_statistics(mu_a, sigma_a, mu_b, sigma_b, *, eps=1e-6):
     return float(max(value, 0.0))
 
 
+def frechet_distance_to_statistics(features, mu, sigma, *, eps=1e-6):
+    """The Fréchet distance between a feature set [N, d] and reference statistics (μ, Σ).
+
+    With N ≥ d this is `frechet_distance_from_statistics` of the set's own (μ, Σ). With N < d the
+    set's covariance Σ_x = XᵀX/(N−1) (X: the centred features) has rank < N, and the nonzero
+    eigenvalues of Σ_x Σ equal those of the N×N PSD matrix X Σ Xᵀ/(N−1) (AB and BA share them),
+    so tr((Σ_x Σ)^½) = Σ_i √λ_i(X Σ Xᵀ/(N−1)): exact, with no d×d square root and no eps.
+
+    Args:
+      features: an array [N ≥ 2, d].
+      mu, sigma: the reference mean [d] and covariance [d, d].
+      eps: see `frechet_distance_from_statistics` (the N ≥ d route only).
+
+    Returns:
+      A Python float ≥ 0.
+    """
+    features = _as_features(features, "features")
+    mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
+    n, d = features.shape
+    if mu.shape != (d,) or sigma.shape != (d, d):
+        raise ValueError(f"The statistics must have the features' dimension {d}. Received: shapes "
+                         f"mu={mu.shape}, sigma={sigma.shape}")
+    if n >= d:
+        return frechet_distance_from_statistics(*feature_statistics(features), mu, sigma, eps=eps)
+    mean = features.mean(axis=0)
+    centred = features - mean
+    gram = centred @ sigma @ centred.T / (n - 1)
+    eigenvalues = np.linalg.eigvalsh((gram + gram.T) / 2)
+    # Centring leaves at least one zero eigenvalue; its round-off (~1e-13) would add √1e-13 ≈ 3e-7 to the
+    # trace, so eigenvalues under numpy's rank tolerance (λ_max · N · ε) count as the zeros they are.
+    eigenvalues[eigenvalues < eigenvalues.max(initial=0.0) * n * np.finfo(np.float64).eps] = 0.0
+    trace_sqrt = np.sqrt(eigenvalues).sum()
+    diff = mean - mu
+    value = diff @ diff + np.sum(centred * centred) / (n - 1) + np.trace(sigma) - 2.0 * trace_sqrt
+    return float(max(value, 0.0))
+
+
 def frechet_distance(features_a, features_b, *, eps=1e-6):
     """The Fréchet distance (FID when the features are a classifier's) of two feature sets.
+
+    When the smaller set has fewer rows than dimensions, its low-rank route is taken
+    (`frechet_distance_to_statistics`; the distance is symmetric).
 
     Args:
       features_a, features_b: arrays [N_a, d] and [N_b, d] (N ≥ 2), any float dtype;
@@ -133,6 +179,9 @@ def frechet_distance(features_a, features_b, *, eps=1e-6):
         raise ValueError(
             f"The feature sets have different dimensions. Received: shapes {features_a.shape} and {features_b.shape}"
         )
+    smaller, larger = sorted((features_a, features_b), key=len)
+    if len(smaller) < smaller.shape[1]:
+        return frechet_distance_to_statistics(smaller, *feature_statistics(larger), eps=eps)
     return frechet_distance_from_statistics(*feature_statistics(features_a), *feature_statistics(features_b), eps=eps)
 
 
@@ -185,189 +234,71 @@ def kernel_inception_distance(features_a, features_b, *, num_subsets=100, subset
     return float(values.mean()), float(values.std())
 
 
+def _squared_distances(a, b):
+    """‖a_i − b_j‖² [len(a), len(b)] as ‖a‖² − 2a·b + ‖b‖² (one matrix product), clipped at 0."""
+    return np.maximum(np.sum(a * a, axis=1)[:, None] - 2.0 * a @ b.T + np.sum(b * b, axis=1)[None, :], 0.0)
+
+
+def manifold_radii(features, k=3, *, chunk=1024):
+    """The squared radius of each point's ball: ‖φ − NN_k(φ)‖², its k-th nearest *other* point.
+
+    Args:
+      features: an array [N > k, d] (float64 inside).
+      k: the neighbour rank, ≥ 1.
+      chunk: rows per distance block (memory O(chunk·N)).
+
+    Returns:
+      float64 [N].
+    """
+    features = _as_features(features, "features")
+    n = len(features)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k < n:
+        raise ValueError(f"k must be an integer in [1, {n - 1}] (fewer than the {n} points). Received: k={k!r}")
+    radii = np.empty(n)
+    for start in range(0, n, chunk):
+        distances = _squared_distances(features[start:start + chunk], features)
+        rows = np.arange(len(distances))
+        distances[rows, start + rows] = 0.0  # the point itself: exactly the smallest, so index k skips it
+        radii[start:start + chunk] = np.partition(distances, k, axis=1)[:, k]
+    return radii
+
+
+def _fraction_inside(queries, manifold, radii, chunk):
+    """The fraction of `queries` inside ∪_j B(manifold_j, radii_j): Kynkäänniemi et al.'s f(φ, Φ)."""
+    inside = 0
+    for start in range(0, len(queries), chunk):
+        distances = _squared_distances(queries[start:start + chunk], manifold)
+        inside += int(np.count_nonzero(np.any(distances <= radii[None, :], axis=1)))
+    return inside / len(queries)
+
+
+def precision_recall(real_features, fake_features, k=3, *, chunk=1024):
+    """Improved precision and recall of generated samples (Kynkäänniemi et al. 2019, eqs. 1–2).
+
+    The manifold of a set Φ is ∪_{φ'∈Φ} B(φ', ‖φ' − NN_k(φ')‖); f(φ, Φ) = 1 when φ lies in it.
+    precision = mean_{φ_g} f(φ_g, Φ_real), recall = mean_{φ_r} f(φ_r, Φ_fake). Both depend on the
+    sample sizes (the paper uses 50 000 of each): compare numbers only at equal N.
+
+    Args:
+      real_features: reference features [N_r > k, d].
+      fake_features: generated samples' features [N_g > k, d].
+      k: the neighbour rank of the radii (the paper's 3).
+      chunk: rows per distance block.
+
+    Returns:
+      (precision, recall): Python floats in [0, 1].
+    """
+    real = _as_features(real_features, "real_features")
+    fake = _as_features(fake_features, "fake_features")
+    if real.shape[1] != fake.shape[1]:
+        raise ValueError(f"The feature sets have different dimensions. Received: shapes {real.shape} and {fake.shape}")
+    real_radii, fake_radii = manifold_radii(real, k, chunk=chunk), manifold_radii(fake, k, chunk=chunk)
+    return _fraction_inside(fake, real, real_radii, chunk), _fraction_inside(real, fake, fake_radii, chunk)
+
+
 # ============================================================================================
-# The feature extractor
+# Classifier extras: what the classifier's logits say about a sample set
 # ============================================================================================
-def build_classifier(input_shape=(28, 28, 1), num_classes=10, *, dropout=0.3, batch_norm=False, name="classifier"):
-    """A small CNN for 28×28 grey images whose "features" layer is the FID embedding.
-
-    pixels [0, 255] → Rescaling(1/255) → conv32 → conv64 → maxpool → conv128 → maxpool →
-    flatten → dropout → dense128 ReLU ("features") → dropout → dense `num_classes` ("logits").
-    All convolutions are 3×3 "valid" with ReLU (optionally followed by batch norm).
-
-    Args:
-      input_shape: (H, W, C) of the images.
-      num_classes: classes of the logits layer.
-      dropout: dropout rate before the features and logits layers (0 disables it).
-      batch_norm: add BatchNormalization after each convolution.
-      name: the model's name.
-
-    Returns:
-      A functional `keras.Model` taking float pixel values in [0, 255] and returning logits.
-    """
-    layers = keras.layers
-    inputs = keras.Input(shape=tuple(input_shape), name="pixels")
-    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
-    for i, (filters, pool) in enumerate(((32, False), (64, True), (128, True))):
-        x = layers.Conv2D(filters, 3, activation="relu", name=f"conv{i + 1}")(x)
-        if batch_norm:
-            x = layers.BatchNormalization(name=f"bn{i + 1}")(x)
-        if pool:
-            x = layers.MaxPooling2D(2, name=f"pool{i + 1}")(x)
-    x = layers.Flatten(name="flatten")(x)
-    if dropout:
-        x = layers.Dropout(dropout, name="dropout1")(x)
-    features = layers.Dense(128, activation="relu", name=FEATURES_LAYER)(x)
-    x = layers.Dropout(dropout, name="dropout2")(features) if dropout else features
-    logits = layers.Dense(num_classes, name=LOGITS_LAYER)(x)
-    return keras.Model(inputs, logits, name=name)
-
-
-def quantise_images(images):
-    """Images in [0, 1] (float) or uint8 → uint8 [N, H, W, C] by round(x·255).
-
-    Floats may stray outside [0, 1] by at most 1e-3 (round-off) and are clipped; anything
-    further out raises (e.g. data still in the model's [−1, 1] space).
-    """
-    images = np.asarray(images)
-    if images.ndim == 3:
-        images = images[..., np.newaxis]
-    if images.ndim != 4:
-        raise ValueError(f"images must be [N, H, W] or [N, H, W, C]. Received: shape={images.shape}")
-    if images.dtype == np.uint8:
-        return images
-    if not np.issubdtype(images.dtype, np.floating) and not np.issubdtype(images.dtype, np.integer):
-        raise ValueError(f"images must be float in [0, 1] or uint8. Received: dtype={images.dtype}")
-    images = images.astype(np.float64)
-    if images.size:
-        low, high = float(np.min(images)), float(np.max(images))
-        if not (np.isfinite(low) and np.isfinite(high)) or low < -1e-3 or high > 1.0 + 1e-3:
-            raise ValueError(
-                f"Float images must lie in [0, 1]. Received: values in [{low:.4g}, {high:.4g}]"
-            )
-    return np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-class FeatureExtractor:
-    """Classifier features and logits for FID/KID, always in inference mode.
-
-    Args:
-      classifier: a `keras.Model` from `build_classifier` (or any model taking pixel values
-        in [0, 255] with a layer named `features_layer`), e.g.
-        `keras.saving.load_model("runs/classifier/classifier.keras")`.
-      features_layer: the name of the embedding layer.
-      batch_size: images per forward pass.
-
-    Call arguments:
-      images: [N, H, W(, C)] floats in [0, 1] or uint8. Quantised to uint8 first.
-      verbose: show a `keras.utils.Progbar`.
-
-    Returns:
-      (features float32 [N, 128], logits float32 [N, num_classes]).
-    """
-
-    def __init__(self, classifier, *, features_layer=FEATURES_LAYER, batch_size=500):
-        if not isinstance(classifier, keras.Model):
-            raise ValueError(f"classifier must be a keras.Model. Received: classifier={classifier!r}")
-        try:
-            features = classifier.get_layer(features_layer).output
-        except ValueError as error:
-            raise ValueError(
-                f"The classifier has no layer named {features_layer!r}. Received: layers "
-                f"{[layer.name for layer in classifier.layers]}"
-            ) from error
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1. Received: batch_size={batch_size!r}")
-        self.classifier = classifier
-        self.batch_size = int(batch_size)
-        self.input_shape = tuple(classifier.inputs[0].shape[1:])
-        self._model = keras.Model(classifier.inputs, [features, classifier.outputs[0]])
-
-        def forward(x):
-            return self._model(x, training=False)
-
-        self._forward = tf.function(forward, reduce_retracing=True)
-        self._fingerprint = None
-
-    @property
-    def fingerprint(self):
-        """A SHA-1 of the classifier's weights (names the feature space in caches)."""
-        if self._fingerprint is None:
-            digest = hashlib.sha1()
-            for weight in self.classifier.weights:
-                digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
-            self._fingerprint = digest.hexdigest()
-        return self._fingerprint
-
-    def __call__(self, images, *, verbose=False):
-        pixels = quantise_images(images)
-        if pixels.shape[1:] != self.input_shape:
-            raise ValueError(
-                f"The classifier takes images of shape {self.input_shape}. Received: images.shape={pixels.shape}"
-            )
-        n = len(pixels)
-        if n == 0:
-            raise ValueError("images is empty. Received: images.shape=" + str(pixels.shape))
-        progbar = keras.utils.Progbar(n, unit_name="image") if verbose else None
-        features, logits = [], []
-        for start in range(0, n, self.batch_size):
-            batch = pixels[start:start + self.batch_size].astype(np.float32)
-            count = len(batch)
-            if count < self.batch_size and n > self.batch_size:  # pad: one traced shape
-                batch = np.concatenate([batch, np.zeros((self.batch_size - count,) + batch.shape[1:], np.float32)])
-            f, l = self._forward(tf.constant(batch))
-            features.append(f.numpy()[:count])
-            logits.append(l.numpy()[:count])
-            if progbar is not None:
-                progbar.add(count)
-        return np.concatenate(features).astype(np.float32), np.concatenate(logits).astype(np.float32)
-
-
-def _images_digest(pixels):
-    return hashlib.sha1(np.ascontiguousarray(pixels).tobytes()).hexdigest()
-
-
-def reference_statistics(extractor, images, cache_path=None, *, verbose=False):
-    """Features and (μ, Σ) of a reference image set, cached in an .npz.
-
-    The cache is keyed by the classifier's weights and the quantised images: a stale file
-    (another classifier, other images) is recomputed and overwritten (written to a
-    temporary file and renamed).
-
-    Args:
-      extractor: a `FeatureExtractor`.
-      images: the reference images ([0, 1] floats or uint8), e.g. one whole dataset split.
-      cache_path: an .npz path (one per dataset split and classifier), or None.
-      verbose: progress bar while extracting.
-
-    Returns:
-      A dict with "mu" [d], "sigma" [d, d] (float64), "features" [N, d] and "logits" [N, K]
-      (float32, the features are what KID needs) and "num_images".
-    """
-    pixels = quantise_images(images)
-    key = f"{extractor.fingerprint}:{_images_digest(pixels)}"
-    if cache_path is not None and os.path.exists(cache_path):
-        try:
-            with np.load(cache_path) as cached:
-                if str(cached["key"]) == key:
-                    return {name: cached[name] for name in ("mu", "sigma", "features", "logits")} | {
-                        "num_images": int(cached["num_images"])
-                    }
-        except (OSError, KeyError, ValueError):
-            pass  # unreadable or old-format cache: recompute
-    features, logits = extractor(pixels, verbose=verbose)
-    mu, sigma = feature_statistics(features)
-    stats = {"mu": mu, "sigma": sigma, "features": features, "logits": logits, "num_images": len(pixels)}
-    if cache_path is not None:
-        directory = os.path.dirname(os.path.abspath(cache_path))
-        os.makedirs(directory, exist_ok=True)
-        temporary = os.path.join(directory, f".{os.path.basename(cache_path)}.partial.npz")
-        np.savez(temporary, key=np.array(key), **stats)
-        os.replace(temporary, cache_path)
-    return stats
-
-
-# -- classifier extras -------------------------------------------------------------------------
 def _as_logits(logits, num_classes=None):
     logits = np.asarray(logits, np.float64)
     if logits.ndim != 2 or len(logits) == 0:
@@ -451,28 +382,15 @@ def discretized_gaussian_log_likelihood(x, *, mean, log_scale):
                     np.where(x > 0.999, scipy.special.log_ndtr(-minus), middle))
 
 
-VARIANCE_TYPES = ("beta_tilde", "beta")
-
-
 def bits_per_dim(eps_fn, diffusion, x0, *, seed=0, num_timesteps_subsample=None, variance_type="beta_tilde",
                  continuous=False, batch_size=1024, return_terms=False, verbose=False):
     """The negative variational bound −ELBO(x0) of a diffusion model, in bits per dimension.
 
-    With 0-based table indices t ∈ [0, T) (x^(t) ~ q(x_t | x0) is the paper's x_{t+1}):
-
-        L = L_T + Σ_{t=1}^{T−1} L_t + L_0
-        L_T = KL(q(x^(T−1) | x0) ‖ N(0, I))                               (closed form)
-        L_t = E_{x^(t)} KL(q(x^(t−1) | x^(t), x0) ‖ p_θ(x^(t−1) | x^(t)))  (one draw of x^(t))
-        L_0 = −log p_θ(x0 | x^(0))
-
-    p_θ's mean is `diffusion.p_mean_variance` at the predicted ε; its variance is fixed
+    L = L_T + Σ_{t=1}^{T−1} L_t + L_0 as in the module docstring. p_θ's mean is `diffusion.p_mean_variance` at the predicted ε; its variance is fixed
     (β̃_t or β_t, `variance_type`) or given by a callable. The decoder L_0 is the
     discretised Gaussian on 256 bins in [−1, 1] (`discretized_gaussian_log_likelihood`) or,
     with `continuous=True`, the Gaussian density (for continuous data, e.g. toys; then
     the result is a differential quantity and can be negative). bits/dim = nats/(D·ln 2).
-
-    The bound is ≥ −log p_θ(x0) and equals the model's NLL only when every reverse step is
-    the true reverse conditional (optimal mean *and* variance).
 
     Args:
       eps_fn: `eps_fn(x_t, t)` → ε̂ for a float32 tensor x_t [B, ...] and an int32 tensor
@@ -498,83 +416,21 @@ def bits_per_dim(eps_fn, diffusion, x0, *, seed=0, num_timesteps_subsample=None,
       "decoder", "kl" (per example [N]), "timesteps" and "kl_per_timestep" (mean over
       examples, already scaled by (T−1)/K when subsampled).
     """
-    x0 = np.asarray(x0, np.float64)
-    if x0.ndim < 2 or len(x0) == 0:
-        raise ValueError(f"x0 must be a non-empty array [N, ...]. Received: shape={x0.shape}")
-    if not callable(variance_type) and variance_type not in VARIANCE_TYPES:
-        raise ValueError(f"variance_type must be one of {VARIANCE_TYPES} or a callable. "
-                         f"Received: variance_type={variance_type!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1. Received: batch_size={batch_size!r}")
-    if not continuous and (x0.min() < -1.0 - 1e-6 or x0.max() > 1.0 + 1e-6):
-        raise ValueError("The discretised decoder needs data in [-1, 1]. "
-                         f"Received: x0 in [{x0.min():.4g}, {x0.max():.4g}]")
+    x0 = _check_bound_arguments(x0, variance_type, batch_size, continuous)
     T = diffusion.num_timesteps
     n = len(x0)
-    dims = int(np.prod(x0.shape[1:]))
     rng = np.random.default_rng(seed)
-    if num_timesteps_subsample is None or num_timesteps_subsample >= T - 1:
-        kl_timesteps = np.arange(1, T)
-    else:
-        if isinstance(num_timesteps_subsample, bool) or not isinstance(num_timesteps_subsample, (int, np.integer)) \
-                or num_timesteps_subsample < 1:
-            raise ValueError("num_timesteps_subsample must be None or an integer >= 1. "
-                             f"Received: num_timesteps_subsample={num_timesteps_subsample!r}")
-        kl_timesteps = np.sort(rng.choice(np.arange(1, T), num_timesteps_subsample, replace=False))
-    weight = (T - 1) / len(kl_timesteps) if len(kl_timesteps) else 0.0
+    kl_timesteps = _kl_timesteps(T, num_timesteps_subsample, rng)
     timesteps = np.concatenate([[0], kl_timesteps]).astype(np.int32)
-    per_example = len(timesteps)
 
     # L_T: the prior term, exact.
-    prior_mean, prior_var, prior_log_var = (
-        v.numpy() for v in diffusion.q_mean_variance(tf.constant(x0), tf.fill([n], T - 1))
-    )
+    prior_mean, _, prior_log_var = (v.numpy() for v in diffusion.q_mean_variance(tf.constant(x0), tf.fill([n], T - 1)))
     prior = normal_kl(prior_mean, prior_log_var, 0.0, 0.0).reshape(n, -1).sum(axis=1)
 
-    decoder = np.zeros(n)
-    kl = np.zeros(n)
-    kl_per_timestep = np.zeros(per_example)
-    total_rows = n * per_example
-    progbar = keras.utils.Progbar(total_rows, unit_name="row") if verbose else None
-    for start in range(0, total_rows, batch_size):
-        rows = np.arange(start, min(start + batch_size, total_rows))
-        example, position = rows // per_example, rows % per_example
-        t = timesteps[position]
-        x_start = x0[example]
-        noise = rng.standard_normal(x_start.shape)
-        # x_t is rounded to float32 (what the network sees) and used as such everywhere.
-        x_t = diffusion.q_sample(tf.constant(x_start), t, tf.constant(noise)).numpy().astype(np.float32)
-        eps = np.asarray(eps_fn(tf.constant(x_t), tf.constant(t, tf.int32)), np.float64)
-        x_t = x_t.astype(np.float64)
-        mean, _, log_var, _ = diffusion.p_mean_variance(
-            tf.constant(eps), tf.constant(x_t), t, variance_type="beta_tilde" if callable(variance_type) else variance_type)
-        mean, log_var = mean.numpy(), np.broadcast_to(log_var.numpy(), x_t.shape)
-        if callable(variance_type):
-            log_var = np.broadcast_to(np.log(np.asarray(variance_type(x_t, t), np.float64)), x_t.shape)
-        is_decoder = t == 0
-        if np.any(is_decoder):
-            if continuous:
-                log_likelihood = gaussian_log_likelihood(
-                    x_start[is_decoder], mean=mean[is_decoder], log_scale=0.5 * log_var[is_decoder])
-            else:
-                log_likelihood = discretized_gaussian_log_likelihood(
-                    x_start[is_decoder], mean=mean[is_decoder], log_scale=0.5 * log_var[is_decoder])
-            nll = -log_likelihood.reshape(int(is_decoder.sum()), -1).sum(axis=1)
-            np.add.at(decoder, example[is_decoder], nll)
-            np.add.at(kl_per_timestep, position[is_decoder], nll)
-        is_kl = ~is_decoder
-        if np.any(is_kl):
-            true_mean, _, true_log_var = diffusion.q_posterior_mean_variance(
-                tf.constant(x_start[is_kl]), tf.constant(x_t[is_kl]), t[is_kl])
-            true_log_var = np.broadcast_to(true_log_var.numpy(), true_mean.shape)
-            terms = normal_kl(true_mean.numpy(), true_log_var, mean[is_kl], log_var[is_kl])
-            terms = weight * terms.reshape(int(is_kl.sum()), -1).sum(axis=1)
-            np.add.at(kl, example[is_kl], terms)
-            np.add.at(kl_per_timestep, position[is_kl], terms)
-        if progbar is not None:
-            progbar.add(len(rows))
-
-    to_bits = 1.0 / (dims * _LN2)
+    decoder, kl, kl_per_timestep = _sum_bound_terms(
+        eps_fn, diffusion, x0, timesteps, rng, variance_type=variance_type, continuous=continuous,
+        kl_weight=(T - 1) / len(kl_timesteps) if len(kl_timesteps) else 0.0, batch_size=batch_size, verbose=verbose)
+    to_bits = 1.0 / (int(np.prod(x0.shape[1:])) * _LN2)
     total = (prior + decoder + kl) * to_bits
     if not return_terms:
         return float(total.mean())
@@ -586,6 +442,86 @@ def bits_per_dim(eps_fn, diffusion, x0, *, seed=0, num_timesteps_subsample=None,
         "timesteps": timesteps,
         "kl_per_timestep": kl_per_timestep / n * to_bits,
     }
+
+
+def _check_bound_arguments(x0, variance_type, batch_size, continuous):
+    """`bits_per_dim`'s checks; returns x0 as float64."""
+    x0 = np.asarray(x0, np.float64)
+    if x0.ndim < 2 or len(x0) == 0:
+        raise ValueError(f"x0 must be a non-empty array [N, ...]. Received: shape={x0.shape}")
+    if not callable(variance_type) and variance_type not in VARIANCE_TYPES:
+        raise ValueError(f"variance_type must be one of {VARIANCE_TYPES} or a callable. "
+                         f"Received: variance_type={variance_type!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1. Received: batch_size={batch_size!r}")
+    if not continuous and (x0.min() < -1.0 - 1e-6 or x0.max() > 1.0 + 1e-6):
+        raise ValueError("The discretised decoder needs data in [-1, 1]. "
+                         f"Received: x0 in [{x0.min():.4g}, {x0.max():.4g}]")
+    return x0
+
+
+def _kl_timesteps(num_timesteps, num_timesteps_subsample, rng):
+    """The t ∈ [1, T) whose KL terms `bits_per_dim` evaluates: all, or K drawn from `rng`, sorted."""
+    if num_timesteps_subsample is None or num_timesteps_subsample >= num_timesteps - 1:
+        return np.arange(1, num_timesteps)
+    if isinstance(num_timesteps_subsample, bool) or not isinstance(num_timesteps_subsample, (int, np.integer)) \
+            or num_timesteps_subsample < 1:
+        raise ValueError("num_timesteps_subsample must be None or an integer >= 1. "
+                         f"Received: num_timesteps_subsample={num_timesteps_subsample!r}")
+    return np.sort(rng.choice(np.arange(1, num_timesteps), num_timesteps_subsample, replace=False))
+
+
+def _sum_bound_terms(eps_fn, diffusion, x0, timesteps, rng, *, variance_type, continuous, kl_weight, batch_size,
+                     verbose):
+    """Every (example, timestep) row's term, `batch_size` rows per `eps_fn` call, summed.
+
+    Returns:
+      (decoder [N], kl [N], per-timestep sums [len(timesteps)]), in nats.
+    """
+    n, per_example = len(x0), len(timesteps)
+    decoder, kl, kl_per_timestep = np.zeros(n), np.zeros(n), np.zeros(per_example)
+    total_rows = n * per_example
+    progbar = keras.utils.Progbar(total_rows, unit_name="row") if verbose else None
+    for start in range(0, total_rows, batch_size):
+        rows = np.arange(start, min(start + batch_size, total_rows))
+        example, position = rows // per_example, rows % per_example
+        x_start = x0[example]
+        terms = _bound_terms(eps_fn, diffusion, x_start, timesteps[position], rng.standard_normal(x_start.shape),
+                             variance_type=variance_type, continuous=continuous, kl_weight=kl_weight)
+        is_decoder = timesteps[position] == 0
+        np.add.at(decoder, example[is_decoder], terms[is_decoder])
+        np.add.at(kl, example[~is_decoder], terms[~is_decoder])
+        np.add.at(kl_per_timestep, position, terms)
+        if progbar is not None:
+            progbar.add(len(rows))
+    return decoder, kl, kl_per_timestep
+
+
+def _bound_terms(eps_fn, diffusion, x_start, t, noise, *, variance_type, continuous, kl_weight):
+    """One term of the bound per row (nats): −log p_θ(x0 | x^(0)) where t = 0, else the weighted KL L_t."""
+    # x_t is rounded to float32 (what the network sees) and used as such everywhere.
+    x_t = diffusion.q_sample(tf.constant(x_start), t, tf.constant(noise)).numpy().astype(np.float32)
+    eps = np.asarray(eps_fn(tf.constant(x_t), tf.constant(t, tf.int32)), np.float64)
+    x_t = x_t.astype(np.float64)
+    mean, _, log_var, _ = diffusion.p_mean_variance(
+        tf.constant(eps), tf.constant(x_t), t, variance_type="beta_tilde" if callable(variance_type) else variance_type)
+    mean, log_var = mean.numpy(), np.broadcast_to(log_var.numpy(), x_t.shape)
+    if callable(variance_type):
+        log_var = np.broadcast_to(np.log(np.asarray(variance_type(x_t, t), np.float64)), x_t.shape)
+    terms = np.zeros(len(t))
+    is_decoder = t == 0
+    if np.any(is_decoder):
+        log_likelihood = (gaussian_log_likelihood if continuous else discretized_gaussian_log_likelihood)(
+            x_start[is_decoder], mean=mean[is_decoder], log_scale=0.5 * log_var[is_decoder])
+        terms[is_decoder] = -log_likelihood.reshape(int(is_decoder.sum()), -1).sum(axis=1)
+    is_kl = ~is_decoder
+    if np.any(is_kl):
+        true_mean, _, true_log_var = diffusion.q_posterior_mean_variance(
+            tf.constant(x_start[is_kl]), tf.constant(x_t[is_kl]), t[is_kl])
+        true_log_var = np.broadcast_to(true_log_var.numpy(), true_mean.shape)
+        kl = normal_kl(true_mean.numpy(), true_log_var, mean[is_kl], log_var[is_kl])
+        terms[is_kl] = kl_weight * kl.reshape(int(is_kl.sum()), -1).sum(axis=1)
+    return terms
 
 
 # ============================================================================================

@@ -7,9 +7,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfdiffusion import samplers
-from tfdiffusion.diffusion import GaussianDiffusion
+from tfdiffusion.diffusion import PREDICTION_TYPES, GaussianDiffusion
 
-PREDICTION_TYPES = ("epsilon", "x0", "v")
 LOSS_WEIGHTINGS = ("none", "min_snr")
 
 
@@ -176,14 +175,20 @@ class DiffusionModel(keras.Model):
         return copy
 
     # -- the objective -----------------------------------------------------------------------
+    def denoise(self, x_t, t, labels=None, guidance_scale=None):
+        """(x̂_0, ε̂) at (x_t, t) from one network call, formed directly by the prediction type.
+
+        With `guidance_scale` w (and a class-conditional network) the conditional and unconditional
+        predictions come from one batched call and are combined as (1 + w) p(c) − w p(∅) before the
+        conversion (`samplers.classifier_free_guidance`): the same combination of x̂_0 and of ε̂.
+        This is the `denoise_fn` the samplers consume.
+        """
+        predict = samplers.classifier_free_guidance(lambda x, t_, y: self(x, t_, y), guidance_scale, self.num_classes)
+        return self.diffusion.x0_and_eps(x_t, t, predict(x_t, t, labels), self.prediction_type)
+
     def predict_eps(self, x_t, t, labels=None):
-        """ε̂(x_t, t) from the network, whatever its prediction type (the one conversion point)."""
-        prediction = self(x_t, t, labels)
-        if self.prediction_type == "x0":
-            return self.diffusion.predict_eps_from_x0(x_t, t, prediction)
-        if self.prediction_type == "v":
-            return self.diffusion.predict_eps_from_v(x_t, t, prediction)
-        return prediction
+        """ε̂(x_t, t) from the network, whatever its prediction type (the `denoise` export signature)."""
+        return self.denoise(x_t, t, labels)[1]
 
     def target(self, x0, t, noise):
         """The regression target of the prediction type for x_t = q_sample(x0, t, noise)."""
@@ -273,25 +278,46 @@ class DiffusionModel(keras.Model):
     # -- sampling --------------------------------------------------------------------------------
     def sample_model_space(self, num_samples, *, seed=0, sampler="ddpm", num_steps=None, eta=0.0, labels=None,
                            guidance_scale=None, trajectory_every=None, ddpm_variance="beta_tilde", clip_denoised=False):
-        """`samplers.sample` on this model's ε̂ in model space; tensors in, tensors out."""
+        """The reverse process on `denoise` in model space; tensors in, tensors out, not validated.
+
+        Arguments are those of `generate` (Python values or tensors; `sampler` may be a string tensor
+        in a graph). `generate` checks a Python request and the exported signatures assert on theirs
+        before calling this. Called eagerly it runs the same compiled graph as `generate`.
+        """
         if self.data_shape is None:
             raise ValueError("The model is not built: train it or call it on data before sampling.")
-        null_label = self.num_classes
-        return samplers.sample(
-            lambda x, t, y: self.predict_eps(x, t, y),
-            self.diffusion,
-            tf.concat([tf.reshape(tf.cast(num_samples, tf.int32), [1]), tf.constant(self.data_shape, tf.int32)], 0),
-            sampler=sampler,
-            num_steps=num_steps,
-            eta=eta,
-            seed=seed,
-            labels=labels,
-            guidance_scale=guidance_scale if self.num_classes is not None else None,
-            null_label=null_label,
-            ddpm_variance=ddpm_variance,
-            clip_denoised=clip_denoised,
-            trajectory_every=trajectory_every,
-        )
+        num_steps = self.diffusion.num_timesteps if num_steps is None else num_steps
+        guidance_scale = guidance_scale if self.num_classes is not None else None
+        if tf.executing_eagerly():
+            function = self._sampling_function(sampler, trajectory_every, labels is not None, guidance_scale is not None,
+                                               ddpm_variance, clip_denoised, data_space=False)
+            return function(*_request_tensors(num_samples, seed, num_steps, eta, labels, guidance_scale))
+        if guidance_scale is not None:  # an input of the graph like the driver's, see `samplers.opaque`
+            guidance_scale = samplers.opaque(guidance_scale, tf.float32)
+        shape = tf.concat([tf.reshape(tf.cast(num_samples, tf.int32), [1]), tf.constant(self.data_shape, tf.int32)], 0)
+        return samplers.reverse_process(
+            lambda x, t, y: self.denoise(x, t, y, guidance_scale), self.diffusion, shape, seed=seed, num_steps=num_steps,
+            sampler=sampler, eta=eta, labels=labels, ddpm_variance=ddpm_variance, clip_denoised=clip_denoised,
+            trajectory_every=trajectory_every)
+
+    def _sampling_function(self, sampler, trajectory_every, conditional, guided, ddpm_variance, clip_denoised,
+                           data_space):
+        """The compiled sampler of one kind of request, cached (tensor arguments do not retrace)."""
+        key = (sampler, trajectory_every, conditional, guided, ddpm_variance, clip_denoised, data_space)
+        if key not in self._sample_functions:
+            def run(num_samples, seed, num_steps, eta, labels, guidance_scale):
+                out = self.sample_model_space(
+                    num_samples, seed=seed, sampler=sampler, num_steps=num_steps, eta=eta, labels=labels,
+                    guidance_scale=guidance_scale, trajectory_every=trajectory_every, ddpm_variance=ddpm_variance,
+                    clip_denoised=clip_denoised)
+                if not data_space:
+                    return out
+                if trajectory_every is None:
+                    return self.to_data_space(out)
+                return self.to_data_space(out[0]), out[1]
+
+            self._sample_functions[key] = tf.function(run, reduce_retracing=True, autograph=False)
+        return self._sample_functions[key]
 
     def to_data_space(self, x):
         """[−1, 1] model space → `data_range` (clipped); identity when data_range is None."""
@@ -304,42 +330,46 @@ class DiffusionModel(keras.Model):
                  guidance_scale=None, trajectory_every=None, ddpm_variance="beta_tilde"):
         """Draws `num_samples` samples in data space as a NumPy array (one compiled graph).
 
-        Args are those of `samplers.sample`. With `trajectory_every=k` returns
-        `(samples, trajectory)`, the trajectory in model space [frames, N, ...].
-        """
-        if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
-            raise ValueError(f"num_samples must be an integer >= 1. Received: num_samples={num_samples!r}")
-        num_steps = self.diffusion.num_timesteps if num_steps is None else num_steps
-        samplers.validate_request(self.diffusion.num_timesteps, sampler=sampler, num_steps=num_steps, eta=eta,
-                                  guidance_scale=guidance_scale)
-        if labels is not None:
-            labels = np.asarray(labels, np.int32).reshape(-1)
-            if self.num_classes is None:
-                raise ValueError(f"labels given to an unconditional model. Received: labels={labels.tolist()}")
-            if labels.size != num_samples or labels.min() < 0 or labels.max() > self.num_classes:
-                raise ValueError(
-                    f"labels must hold num_samples={num_samples} values in [0, {self.num_classes}]. "
-                    f"Received: labels={labels.tolist()}"
-                )
-        key = (sampler, trajectory_every, labels is not None, guidance_scale is not None, ddpm_variance)
-        if key not in self._sample_functions:
-            def run(num_samples, seed, num_steps, eta, labels, guidance_scale):
-                out = self.sample_model_space(
-                    num_samples, seed=seed, sampler=sampler, num_steps=num_steps, eta=eta, labels=labels,
-                    guidance_scale=guidance_scale, trajectory_every=trajectory_every, ddpm_variance=ddpm_variance)
-                if trajectory_every is None:
-                    return self.to_data_space(out)
-                return self.to_data_space(out[0]), out[1]
+        Args are those of `samplers.sample`, plus `guidance_scale`, the classifier-free guidance
+        weight w (None or 0: plain conditional; ignored by an unconditional model). With
+        `trajectory_every=k` returns `(samples, trajectory)`, the trajectory in model space
+        [frames, N, ...].
 
-            self._sample_functions[key] = tf.function(run, reduce_retracing=True, autograph=False)
-        out = self._sample_functions[key](
-            tf.constant(num_samples, tf.int32), tf.constant(seed, tf.int64), tf.constant(num_steps, tf.int32),
-            tf.constant(eta, tf.float32), None if labels is None else tf.constant(labels),
-            None if guidance_scale is None else tf.constant(guidance_scale, tf.float32),
-        )
+        Raises:
+          ValueError: an invalid request, naming the argument and its value.
+        """
+        num_steps = self.diffusion.num_timesteps if num_steps is None else num_steps
+        labels = self._validate_request(num_samples, sampler, num_steps, eta, labels, guidance_scale, trajectory_every,
+                                        ddpm_variance)
+        if self.data_shape is None:
+            raise ValueError("The model is not built: train it or call it on data before sampling.")
+        guidance_scale = guidance_scale if self.num_classes is not None else None
+        function = self._sampling_function(sampler, trajectory_every, labels is not None, guidance_scale is not None,
+                                           ddpm_variance, False, data_space=True)
+        out = function(*_request_tensors(num_samples, seed, num_steps, eta, labels, guidance_scale))
         if trajectory_every is None:
             return out.numpy()
         return out[0].numpy(), out[1].numpy()
+
+    def _validate_request(self, num_samples, sampler, num_steps, eta, labels, guidance_scale, trajectory_every,
+                          ddpm_variance):
+        """`generate`'s checks (ValueError naming the argument); returns labels as int32 NumPy or None."""
+        if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+            raise ValueError(f"num_samples must be an integer >= 1. Received: num_samples={num_samples!r}")
+        samplers.validate_request(self.diffusion.num_timesteps, sampler=sampler, num_steps=num_steps, eta=eta,
+                                  guidance_scale=guidance_scale, ddpm_variance=ddpm_variance,
+                                  trajectory_every=trajectory_every)
+        if labels is None:
+            return None
+        labels = np.asarray(labels, np.int32).reshape(-1)
+        if self.num_classes is None:
+            raise ValueError(f"labels given to an unconditional model. Received: labels={labels.tolist()}")
+        if labels.size != num_samples or labels.min() < 0 or labels.max() > self.num_classes:
+            raise ValueError(
+                f"labels must hold num_samples={num_samples} values in [0, {self.num_classes}]. "
+                f"Received: labels={labels.tolist()}"
+            )
+        return labels
 
     # -- EMA -----------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -359,3 +389,10 @@ class DiffusionModel(keras.Model):
         finally:
             for variable, value in zip(variables, saved):
                 variable.assign(value)
+
+
+def _request_tensors(num_samples, seed, num_steps, eta, labels, guidance_scale):
+    """A request as the arguments of a `_sampling_function` (tensors, so that they do not retrace)."""
+    return (tf.constant(num_samples, tf.int32), tf.constant(seed, tf.int64), tf.constant(num_steps, tf.int32),
+            tf.constant(eta, tf.float32), None if labels is None else tf.constant(labels, tf.int32),
+            None if guidance_scale is None else tf.constant(guidance_scale, tf.float32))

@@ -1,13 +1,11 @@
-"""The figures of a trained workdir (what `tools/plot.py` draws)."""
+"""The figures of a trained workdir (what `tools/plot.py` draws) and the samples.png of a run."""
 
-import json
 import os
 
-import keras
 import numpy as np
 
+from tfdiffusion import builders, checkpoints, plots, schedules
 from tfdiffusion import data as data_lib
-from tfdiffusion import plots, schedules
 
 FIGURES = ("schedules", "forward", "trajectory", "vector_field", "loss", "samples", "guidance")
 
@@ -17,9 +15,27 @@ def load_workdir(workdir):
     model_path = os.path.join(workdir, "model.keras")
     if not os.path.exists(model_path):
         raise FileNotFoundError(f"No trained model in the workdir. Received: workdir={workdir!r} (missing {model_path})")
-    with open(os.path.join(workdir, "config.json")) as f:
-        config = json.load(f)
-    return keras.saving.load_model(model_path), config
+    config, _ = builders.read_workdir_config(workdir)
+    return builders.load_model(model_path), config.to_dict()
+
+
+def write_samples(model, path, *, name, num_samples, sampler="ddpm", num_steps=0, seed=0, guidance_scale=0.0,
+                  reference=None):
+    """Draws `num_samples` samples and writes them as a PNG: a grid of images or a scatter of points.
+
+    The keyword arguments are a config's `sample` section (`num_steps=0` means all T steps;
+    `guidance_scale` applies to class-conditional models only, whose samples cycle through
+    the classes); `name` titles the figure and `reference` (toy data) is drawn under a scatter.
+    Returns the samples.
+    """
+    labels = None if model.num_classes is None else np.arange(num_samples) % model.num_classes
+    samples = model.generate(num_samples, seed=seed, sampler=sampler, num_steps=num_steps or None, labels=labels,
+                             guidance_scale=guidance_scale if labels is not None else None)
+    steps = num_steps or model.diffusion.num_timesteps
+    with checkpoints.atomic_path(path) as temporary:
+        plots.save_samples(samples, temporary, reference=None if reference is None else reference[: len(samples)],
+                           labels=labels, title=f"{name}: {sampler}, {steps} steps")
+    return samples
 
 
 def schedules_figure(path, num_timesteps=10):
@@ -57,8 +73,9 @@ def write_figures(workdir, output_dir, figures=FIGURES, seed=0):
     if toy:
         reference = data_lib.toy_dataset(data_config["name"], 2000, seed=seed + 1)
     if "forward" in figures and not toy:
-        idx_dir = data_lib.default_mnist_dir() if data_config["name"] == "mnist" else None
-        images, _ = data_lib.load_arrays(data_config["name"], "test", idx_dir=idx_dir)
+        images, _ = data_lib.load_arrays(data_config["name"], "test", source=data_config.get("source", "auto"),
+                                         idx_dir=data_config.get("idx_dir") or None,
+                                         data_dir=data_config.get("data_dir") or None)
         written["forward"] = plots.save_forward_process(
             images[0], model.diffusion, _spread(model.diffusion.num_timesteps, 8), out("forward"), seed=seed)
     if "trajectory" in figures:
@@ -84,11 +101,9 @@ def write_figures(workdir, output_dir, figures=FIGURES, seed=0):
         steps = (epochs + 1) * config["train"]["checkpoint_every"]
         written["loss"] = plots.save_loss_curve({name: (steps, losses)}, out("loss"))
     if "samples" in figures:
-        labels = None if model.num_classes is None else np.arange(16) % model.num_classes
-        samples = model.generate(2000 if toy else 16, seed=seed, labels=labels,
-                                 guidance_scale=None if labels is None else config["sample"]["guidance_scale"])
-        written["samples"] = plots.save_samples(samples, out("samples"), reference=reference, labels=labels,
-                                                title=f"{name}: DDPM, {model.diffusion.num_timesteps} steps")
+        write_samples(model, out("samples"), name=name, num_samples=2000 if toy else 16, seed=seed,
+                      guidance_scale=config["sample"]["guidance_scale"], reference=reference)
+        written["samples"] = out("samples")
     if "guidance" in figures and not toy and model.num_classes is not None:
         written["guidance"] = guidance_figure(model, out("guidance"), (0.0, config["sample"]["guidance_scale"] or 3.0),
                                               sampler=config["sample"]["sampler"],

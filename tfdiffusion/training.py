@@ -1,15 +1,20 @@
 """Training from a config: what `tools/train.py` runs, usable from Python too.
 
-A workdir holds `config.json`, `checkpoints/ckpt-<step>.weights.h5` (model, optimizer and
-EMA state), `logs/` (TensorBoard), `loss.csv`, `samples.png` and the final `model.keras`.
-Running again with the same workdir resumes from the newest readable checkpoint; the data
-order and every training draw are functions of (seed, step), so the resumed run computes
-the same steps as an uninterrupted one.
+A workdir holds `config.json` (the config, plus the shape of one training example as
+"data_shape" and the data's "class_names"), `checkpoints/ckpt-<step>.weights.h5` (model, optimizer
+and EMA state), `logs/` (TensorBoard: the loss, and with `config.train.sample_every` a grid of
+EMA samples), `loss.csv`, `samples.png` and the final `model.keras`. Running again with the
+same workdir resumes from the newest readable checkpoint; the data order and every training
+draw are functions of (seed, step), so the resumed run computes the same steps as an
+uninterrupted one.
+
+`train` reads the config; the two loops it calls (`keras_fit_loop`, and `custom_loop` for the
+multi-worker strategy) receive only what they use.
 """
 
-import contextlib
 import json
 import os
+import sys
 import time
 
 import keras
@@ -17,234 +22,33 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from tfdiffusion import builders, checkpoints, plots, reports
+from tfdiffusion import config as config_lib
 from tfdiffusion import data as data_lib
-from tfdiffusion import layers, plots, schedules
-from tfdiffusion.diffusion import GaussianDiffusion
-from tfdiffusion.model import DiffusionModel
-from tfdiffusion.optimizers import AdamEMAWarmup
-
-NETWORKS = {"SeedUNet": layers.SeedUNet, "MLPDenoiser": layers.MLPDenoiser, "UNet": layers.UNet, "DiT": layers.DiT}
-JIT_SETTINGS = ("auto", True, False)
-STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-# Keys that may change between runs in one workdir without `allow_config_change`.
-RESUMABLE_CHANGES = (("train", "steps"), ("train", "allow_config_change"))
+from tfdiffusion import precision
 
 
 class NonFiniteLossError(RuntimeError):
     """Raised when a training step produced a NaN or infinite loss."""
 
 
-class CheckpointError(ValueError):
-    """No checkpoint of a workdir can be read."""
+def _nonfinite_loss_error(step):
+    return NonFiniteLossError(f"The training loss was not finite at step {step}; that update was not applied and "
+                              "training stopped. Lower the learning rate or check the data.")
 
 
-class ConfigError(ValueError):
-    """A config value is invalid; the message names the key and the value received."""
-
-
-# -- config ----------------------------------------------------------------------------------
-def _require(condition, key, value, expectation):
-    """Raises ConfigError unless `condition()` holds (a TypeError counts as not holding)."""
-    try:
-        holds = bool(condition())
-    except (TypeError, ValueError):
-        holds = False
-    if not holds:
-        raise ConfigError(f"config.{key} must be {expectation}. Received: config.{key}={value!r}")
-
-
-def _is_int(value):
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _is_number(value):
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and np.isfinite(value)
-
-
-def _check_int(config, key, minimum):
-    value = config[key.split(".")[0]][key.split(".")[1]] if "." in key else config[key]
-    _require(lambda: _is_int(value) and value >= minimum, key, value, f"an integer >= {minimum}")
-    return value
-
-
-def validate_config(config):
-    """Checks the values a user can type; raises ConfigError naming the first bad one."""
-    _require(lambda: config.network in NETWORKS, "network", config.network, f"one of {tuple(NETWORKS)}")
-    _check_int(config, "seed", 0)
-    _require(lambda: config.diffusion.name in schedules.SCHEDULE_NAMES, "diffusion.name", config.diffusion.name,
-             f"one of {schedules.SCHEDULE_NAMES}")
-    _check_int(config, "diffusion.num_timesteps", 1)
-    names = data_lib.IMAGE_DATASET_NAMES + data_lib.TOY_DATASET_NAMES + ("digits",)
-    _require(lambda: config.data.name in names, "data.name", config.data.name, f"one of {names}")
-    _require(lambda: config.data.split in ("train", "test"), "data.split", config.data.split, "'train' or 'test'")
-    _require(lambda: config.data.source in ("auto", "idx", "tfds"), "data.source", config.data.source,
-             "'auto', 'idx' or 'tfds'")
-    for key in ("idx_dir", "data_dir"):
-        _require(lambda: isinstance(config.data[key], str), f"data.{key}", config.data[key], "a path string ('' for none)")
-    _check_int(config, "data.num_samples", 0)
-    _check_int(config, "data.batch_size", 1)
-    optimizer = config.optimizer
-    _require(lambda: _is_number(optimizer.learning_rate) and optimizer.learning_rate > 0, "optimizer.learning_rate",
-             optimizer.learning_rate, "a finite number > 0")
-    _require(lambda: optimizer.schedule in ("constant", "cosine"), "optimizer.schedule", optimizer.schedule,
-             "'constant' or 'cosine'")
-    _check_int(config, "optimizer.warmup_steps", 0)
-    _require(lambda: optimizer.clipnorm is None or (_is_number(optimizer.clipnorm) and optimizer.clipnorm > 0),
-             "optimizer.clipnorm", optimizer.clipnorm, "None or a finite number > 0")
-    _require(lambda: isinstance(optimizer.use_ema, bool), "optimizer.use_ema", optimizer.use_ema, "True or False")
-    _require(lambda: _is_number(optimizer.ema_momentum) and 0.0 <= optimizer.ema_momentum < 1.0,
-             "optimizer.ema_momentum", optimizer.ema_momentum, "in [0, 1)")
-    train = config.train
-    steps = _check_int(config, "train.steps", 1)
-    _require(lambda: optimizer.warmup_steps < steps, "optimizer.warmup_steps", optimizer.warmup_steps,
-             f"smaller than config.train.steps={steps}")
-    every = _check_int(config, "train.checkpoint_every", 1)
-    _require(lambda: steps % every == 0, "train.checkpoint_every", every, f"a divisor of config.train.steps={steps}")
-    _check_int(config, "train.log_every", 1)
-    _check_int(config, "train.keep_checkpoints", 1)
-    per_execution = _check_int(config, "train.steps_per_execution", 1)
-    _require(lambda: every % per_execution == 0, "train.steps_per_execution", per_execution,
-             "a divisor of config.train.checkpoint_every")
-    _require(lambda: any(train.jit_compile is v or train.jit_compile == v for v in JIT_SETTINGS) and
-             isinstance(train.jit_compile, (bool, str)), "train.jit_compile", train.jit_compile, "'auto', True or False")
-    _check_int(config, "train.cpu_devices", 0)
-    _require(lambda: train.strategy in STRATEGIES, "train.strategy", train.strategy, f"one of {STRATEGIES}")
-    _require(lambda: train.mixed_precision in PRECISIONS, "train.mixed_precision", train.mixed_precision,
-             f"one of {PRECISIONS}")
-    for key in ("deterministic", "allow_config_change", "verbose"):
-        _require(lambda: isinstance(train[key], bool), f"train.{key}", train[key], "True or False")
-    sample = config.sample
-    _check_int(config, "sample.num_samples", 1)
-    _check_int(config, "sample.num_steps", 0)
-    _check_int(config, "sample.seed", 0)
-    _require(lambda: sample.num_steps <= config.diffusion.num_timesteps, "sample.num_steps", sample.num_steps,
-             f"at most config.diffusion.num_timesteps={config.diffusion.num_timesteps} (0 for all)")
-    _require(lambda: sample.sampler in ("ddpm", "ddim", "dpmpp_2m"), "sample.sampler", sample.sampler,
-             "'ddpm', 'ddim' or 'dpmpp_2m'")
-    _require(lambda: _is_number(sample.guidance_scale) and sample.guidance_scale >= 0, "sample.guidance_scale",
-             sample.guidance_scale, "a finite number >= 0")
-
-
-def config_to_dict(config):
-    return json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else dict(config)
-
-
-def _differences(saved, requested, prefix=()):
-    keys = sorted(set(saved) | set(requested))
-    for key in keys:
-        path = prefix + (key,)
-        a, b = saved.get(key), requested.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            yield from _differences(a, b, path)
-        elif a != b and path not in RESUMABLE_CHANGES:
-            yield ".".join(path), a, b
-
-
-def check_workdir_config(workdir, config):
-    """Writes config.json in a new workdir; refuses a different config in an old one."""
-    path = os.path.join(workdir, "config.json")
-    requested = config_to_dict(config)
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
-        changes = list(_differences(saved, requested))
-        if changes and not config.train.allow_config_change:
-            described = "; ".join(f"config.{k}: saved {a!r}, requested {b!r}" for k, a, b in changes[:5])
-            raise ConfigError(
-                f"The workdir {workdir} holds a run with a different config ({described}). Use a new --workdir, "
-                "or pass --config.train.allow_config_change=True to resume with the new values."
-            )
-    atomic_write_text(path, json.dumps(requested, indent=2, sort_keys=True))
-
-
-# -- files -----------------------------------------------------------------------------------
-def atomic_write_text(path, text):
-    temporary = f"{path}.partial-{os.getpid()}"
-    with open(temporary, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
-
-
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yields a temporary path with the same suffix; renames it onto `path` only on success."""
-    directory, name = os.path.split(path)
-    stem, _, suffix = name.partition(".")
-    temporary = os.path.join(directory, f".{stem}.partial-{os.getpid()}.{suffix}")
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
-class CheckpointManager:
-    """Keeps the newest `keep` checkpoints of model + optimizer (+ EMA) state.
-
-    Each checkpoint is written to a temporary file and renamed into place, so a kill at
-    any moment leaves every existing checkpoint intact. `restore` falls back to an older
-    checkpoint when the newest cannot be read or holds non-finite weights.
-    """
-
-    def __init__(self, directory, model, keep=3):
-        self.directory = directory
-        self.model = model
-        self.keep = keep
-        os.makedirs(directory, exist_ok=True)
-
-    def path(self, step):
-        return os.path.join(self.directory, f"ckpt-{step:09d}.weights.h5")
-
-    def steps(self):
-        found = []
-        for name in os.listdir(self.directory):
-            if name.startswith("ckpt-") and name.endswith(".weights.h5"):
-                with contextlib.suppress(ValueError):
-                    found.append(int(name[len("ckpt-"):-len(".weights.h5")]))
-        return sorted(found)
-
-    def save(self, step):
-        with atomic_path(self.path(step)) as temporary:
-            self.model.save_weights(temporary)
-        for old in self.steps()[: -self.keep]:
-            os.remove(self.path(old))
-
-    def restore(self):
-        """Loads the newest good checkpoint; returns its step (0 when there is none)."""
-        for step in reversed(self.steps()):
-            try:
-                self.model.load_weights(self.path(step))
-            except Exception as error:  # h5py raises OSError, KeyError, ValueError… on damage
-                logging.warning("Checkpoint %s is unreadable (%s); trying an older one.", self.path(step), error)
-                continue
-            if all(np.all(np.isfinite(v.numpy())) for v in self.model.weights):
-                logging.info("Restored %s (step %d).", self.path(step), step)
-                return step
-            logging.warning("Checkpoint %s holds non-finite weights; trying an older one.", self.path(step))
-        if self.steps():
-            raise CheckpointError(f"No readable checkpoint in {self.directory}; move the damaged files away to start "
-                                  f"over. Received: checkpoint steps {self.steps()}")
-        return 0
-
-
-# -- callbacks -----------------------------------------------------------------------------
+# -- callbacks -----------------------------------------------------------------------------------
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
     """Stops `fit` with `NonFiniteLossError` naming the step (the step's update was skipped)."""
 
     def on_train_batch_end(self, batch, logs=None):
         if logs and logs.get("nonfinite_steps", 0) > 0:
-            step = int(self.model.optimizer.iterations.numpy())
-            raise NonFiniteLossError(
-                f"The training loss was not finite at step {step}; that update was not applied and training "
-                "stopped. Lower the learning rate or check the data."
-            )
+            raise _nonfinite_loss_error(int(self.model.optimizer.iterations.numpy()))
 
 
 class CheckpointEveryEpoch(keras.callbacks.Callback):
+    """Saves a checkpoint through `manager` at the end of every `fit` epoch (`checkpoint_every` steps)."""
+
     def __init__(self, manager):
         super().__init__()
         self.manager = manager
@@ -253,164 +57,169 @@ class CheckpointEveryEpoch(keras.callbacks.Callback):
         self.manager.save(int(self.model.optimizer.iterations.numpy()))
 
 
-# -- building --------------------------------------------------------------------------------
-def resolve_jit_compile(setting):
-    """'auto' → XLA on GPU/TPU, off on CPU (XLA measured slower than oneDNN graph mode there)."""
-    if setting == "auto":
-        return bool(tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"))
-    return bool(setting)
+def _duration(seconds):
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def build_diffusion(diffusion_config):
-    return GaussianDiffusion(schedules.make_betas(**diffusion_config))
+class ProgressBar(keras.callbacks.Callback):
+    """The run's step, loss, time per step and ETA, after every `fit` step.
+
+    On a terminal one line is redrawn in place (at most 5 times a second); elsewhere (CI logs,
+    files) a line is printed every `log_every` steps and at the end, so that logs stay readable.
+    Time per step and the ETA leave out the first call, which includes tracing the graph.
+
+    Args:
+      total_steps: the step the run ends at.
+      log_every: steps between lines when not on a terminal.
+      stream: where to write (default sys.stdout).
+      interactive: redraw in place (default: whether `stream` is a terminal).
+    """
+
+    def __init__(self, total_steps, log_every, stream=None, interactive=None):
+        super().__init__()
+        self.total_steps, self.log_every = total_steps, log_every
+        self.stream = stream or sys.stdout
+        self.interactive = self.stream.isatty() if interactive is None else interactive
+        self._timed_from = None
+        self._last_draw = 0.0
+
+    def on_train_batch_end(self, batch, logs=None):
+        step, now = int(self.model.optimizer.iterations.numpy()), time.monotonic()
+        if self._timed_from is None:
+            self._timed_from = (step, now)
+        first_step, started = self._timed_from
+        per_step = (now - started) / (step - first_step) if step > first_step else None
+        loss = float((logs or {}).get("loss", float("nan")))
+        line = f"step {step}/{self.total_steps} loss {loss:.4f}"
+        if per_step is not None:
+            line += f" · {per_step:.3g} s/step · ETA {_duration(per_step * (self.total_steps - step))}"
+        if self.interactive:
+            if now - self._last_draw >= 0.2 or step >= self.total_steps:
+                done = int(30 * step / self.total_steps)
+                print(f"\r[{'=' * done}{'.' * (30 - done)}] {line}\033[K", end="", file=self.stream, flush=True)
+                self._last_draw = now
+        elif step % self.log_every == 0 or step >= self.total_steps:
+            print(line, file=self.stream, flush=True)
+
+    def on_train_end(self, logs=None):
+        if self.interactive:
+            print(file=self.stream, flush=True)
 
 
-def build_network(config):
-    kwargs = dict(config.model)
-    for key, value in kwargs.items():
-        if isinstance(value, list):
-            kwargs[key] = tuple(value)
-    return NETWORKS[config.network](**kwargs)
+def sample_images(model, sample):
+    """`model.generate` of a config's `sample` section, cycling through the classes of a conditional model."""
+    request = dict(sample)
+    num_samples = request.pop("num_samples")
+    labels = None if model.num_classes is None else np.arange(num_samples) % model.num_classes
+    guidance_scale = request.pop("guidance_scale", 0.0)
+    request["num_steps"] = request.get("num_steps") or None
+    return model.generate(num_samples, labels=labels, guidance_scale=guidance_scale if labels is not None else None,
+                          **request)
 
 
-def build_model(config):
-    objective = dict(config.objective)
-    if objective.get("data_range") is not None:
-        objective["data_range"] = tuple(objective["data_range"])
-    return DiffusionModel(build_network(config), build_diffusion(config.diffusion), noise_seed=config.seed, **objective)
+class SampleGrid(keras.callbacks.Callback):
+    """Every `every` steps, a grid of samples drawn with the EMA weights to TensorBoard (`tf.summary.image`).
+
+    The request (a config's `sample` section, seed included) is the same every time, so the grids
+    show how the same noise is denoised as training goes on.
+
+    Args:
+      log_dir: the TensorBoard run directory (e.g. workdir/logs/samples).
+      every: steps between grids.
+      sample: the request of `sample_images`.
+    """
+
+    def __init__(self, log_dir, every, sample):
+        super().__init__()
+        self.log_dir, self.every, self.sample = log_dir, every, dict(sample)
+        self._writer = None
+        self._written = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        if self._written is None:
+            self._written = (step - 1) // self.every
+        if step // self.every > self._written:
+            self._written = step // self.every
+            self.write(step)
+
+    def write(self, step):
+        with self.model.ema_weights():
+            images = sample_images(self.model, self.sample)
+        low, high = self.model.data_range or (-1.0, 1.0)
+        grid = plots.image_grid((images - low) / (high - low))
+        self._writer = self._writer or tf.summary.create_file_writer(self.log_dir)
+        with self._writer.as_default():
+            tf.summary.image("samples (EMA weights)", grid[np.newaxis], step=step)
+        self._writer.flush()
 
 
-def build_optimizer(optimizer_config, total_steps):
-    learning_rate = optimizer_config.learning_rate
-    if optimizer_config.schedule == "cosine":
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            0.0 if optimizer_config.warmup_steps else learning_rate, total_steps - optimizer_config.warmup_steps,
-            warmup_target=learning_rate if optimizer_config.warmup_steps else None,
-            warmup_steps=optimizer_config.warmup_steps,
-        )
-    elif optimizer_config.schedule == "constant" and optimizer_config.warmup_steps:
-        # A cosine whose floor equals its peak (alpha=1) is a linear warm-up followed by a constant rate.
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            0.0, max(total_steps - optimizer_config.warmup_steps, 1), alpha=1.0,
-            warmup_target=learning_rate, warmup_steps=optimizer_config.warmup_steps,
-        )
-    elif optimizer_config.schedule != "constant":
-        raise ConfigError(f"config.optimizer.schedule must be 'constant' or 'cosine'. Received: "
-                          f"config.optimizer.schedule={optimizer_config.schedule!r}")
-    return AdamEMAWarmup(
-        learning_rate,
-        clipnorm=optimizer_config.clipnorm,
-        use_ema=optimizer_config.use_ema,
-        ema_momentum=optimizer_config.ema_momentum,
-    )
-
-
-def load_training_data(data_config, seed):
-    source = data_config.source
-    idx_dir = None
-    if data_config.name == "mnist" and source in ("auto", "idx"):
-        idx_dir = data_config.idx_dir or data_lib.default_mnist_dir()
-        if idx_dir is None and source == "idx":
-            raise ConfigError("config.data.source='idx' needs config.data.idx_dir (or $TFDIFFUSION_MNIST_DIR). "
-                              "Received: config.data.idx_dir=''")
-    return data_lib.load_arrays(
-        data_config.name, data_config.split, data_dir=data_config.data_dir or None, idx_dir=idx_dir,
-        num_samples=data_config.num_samples, seed=seed,
-    )
-
-
-def make_strategy(name):
-    """The `tf.distribute` strategy named by config.train.strategy."""
-    if name == "mirrored":
-        # All GPUs, else every logical CPU device (see config.train.cpu_devices).
-        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy([d.name for d in devices])
-    if name == "multi_worker":
-        # Keras `fit` fails under this strategy (keras-team/keras#20585): `_train` uses a custom loop.
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if name == "tpu":
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-        return tf.distribute.TPUStrategy(resolver)
-    return tf.distribute.get_strategy()
-
-
-def is_chief(strategy):
-    """True on the one process that writes checkpoints, logs and outputs."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return True
-    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0
-                                             and "chief" not in resolver.cluster_spec().as_dict())
-
-
-def sample_labels(model, num_samples):
-    return None if model.num_classes is None else np.arange(num_samples) % model.num_classes
-
-
-# -- the run -----------------------------------------------------------------------------------
+# -- the run -------------------------------------------------------------------------------------
 def train(config, workdir):
     """Trains (or resumes) the run of `config` in `workdir`; returns a summary dict."""
-    validate_config(config)
+    config_lib.validate_config(config)
     if config.train.cpu_devices:
         # Splits the CPU into logical devices, to run multi-device code on one machine.
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * config.train.cpu_devices)
     os.makedirs(workdir, exist_ok=True)
-    check_workdir_config(workdir, config)
+    config_path = os.path.join(workdir, "config.json")
+    if os.path.exists(config_path):
+        with open(config_path, encoding="utf-8") as f:
+            config_lib.check_same_run(json.load(f), config_lib.config_to_dict(config), workdir)
     if config.train.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
-    keras.mixed_precision.set_global_policy(config.train.mixed_precision)
+    policy, reason = precision.resolve_precision(config.train.mixed_precision)
+    logging.info("Compute precision %s (config.train.mixed_precision=%r: %s)", policy, config.train.mixed_precision,
+                 reason)
+    keras.mixed_precision.set_global_policy(policy)
     try:
-        return _train(config, workdir)
+        return _train(config, workdir, precision_used=(policy, reason))
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
 
-def _train(config, workdir):
-    jit_compile = resolve_jit_compile(config.train.jit_compile)
+def _train(config, workdir, precision_used):
+    jit_compile = builders.resolve_jit_compile(config.train.jit_compile)
     logging.info("jit_compile=%s (config.train.jit_compile=%r; devices: %s)", jit_compile, config.train.jit_compile,
                  [d.device_type for d in tf.config.list_physical_devices()])
-    x, labels = load_training_data(config.data, config.seed)
-    if config.data.batch_size > len(x):
-        raise ConfigError(f"config.data.batch_size must be <= the dataset size {len(x)}. "
-                          f"Received: config.data.batch_size={config.data.batch_size}")
-    strategy = make_strategy(config.train.strategy)
+    examples = builders.training_data(config.data, config.seed)
+    logging.info("Training data: %s", examples.description)
+    # Recorded so that `builders.model_from_checkpoint` need not read the data, and labels have names.
+    class_names = None if examples.class_names is None else list(examples.class_names)
+    checkpoints.atomic_write_json(os.path.join(workdir, "config.json"), config_lib.config_to_dict(config) | {
+        "data_shape": list(examples.element_shape), "class_names": class_names})
+    if config.data.batch_size > examples.num_examples:
+        raise config_lib.ConfigError(f"config.data.batch_size must be <= the dataset size {examples.num_examples}. "
+                                     f"Received: config.data.batch_size={config.data.batch_size}")
+    strategy = builders.make_strategy(config.train.strategy)
     if config.data.batch_size % strategy.num_replicas_in_sync:
-        raise ConfigError(f"config.data.batch_size must be divisible by the {strategy.num_replicas_in_sync} replicas. "
-                          f"Received: config.data.batch_size={config.data.batch_size}")
+        raise config_lib.ConfigError(f"config.data.batch_size must be divisible by the "
+                                     f"{strategy.num_replicas_in_sync} replicas. "
+                                     f"Received: config.data.batch_size={config.data.batch_size}")
     with strategy.scope():
-        model = build_model(config)
-        model(tf.zeros((1,) + x.shape[1:]), tf.zeros((1,), tf.int32))  # builds every weight
-        model.compile(
-            optimizer=build_optimizer(config.optimizer, config.train.steps),
-            jit_compile=jit_compile,
-            steps_per_execution=config.train.steps_per_execution,
-        )
-        model.optimizer.build(model.trainable_variables)
-    manager = CheckpointManager(os.path.join(workdir, "checkpoints"), model, keep=config.train.keep_checkpoints)
+        model = builders.build_compiled_model(config, examples.element_shape, class_names=examples.class_names,
+                                              jit_compile=jit_compile,
+                                              steps_per_execution=config.train.steps_per_execution)
+    manager = checkpoints.CheckpointManager(os.path.join(workdir, "checkpoints"), model,
+                                            keep=config.train.keep_checkpoints)
     start_step = manager.restore()
-    if model.num_classes is None:
-        labels = None
+    if model.num_classes is not None and examples.labels is None:
+        raise config_lib.ConfigError(f"A class-conditional network needs labelled data (a folder needs "
+                                     f"config.data.class_subfolders=True). Received: config.model.num_classes="
+                                     f"{model.num_classes} and unlabelled data ({examples.description})")
     start = time.time()
     final_loss = None
     if start_step < config.train.steps:
         logging.info("Training steps %d → %d in %s (strategy %s, %d replicas)", start_step, config.train.steps,
                      workdir, config.train.strategy, strategy.num_replicas_in_sync)
-        if config.train.strategy == "multi_worker":
-            final_loss = _custom_loop(model, strategy, x, labels, config, manager, start_step, workdir)
-        else:
-            final_loss = _keras_fit(model, x, labels, config, manager, start_step, workdir)
+        final_loss = _run_loop(model, strategy, examples, config, manager, start_step, workdir)
     elapsed = time.time() - start
-    if not is_chief(strategy):
+    if not builders.is_chief(strategy):
         return {"name": config.name, "steps": int(model.optimizer.iterations.numpy()), "chief": False}
-    if model.optimizer.use_ema:
-        model.optimizer.finalize_variable_values(model.trainable_variables)
-    with atomic_path(os.path.join(workdir, "model.keras")) as temporary:
-        model.save(temporary)
-    write_samples(model, config, x, os.path.join(workdir, "samples.png"))
     trained_steps = config.train.steps - start_step
     summary = {
         "name": config.name,
@@ -421,142 +230,127 @@ def _train(config, workdir):
         "examples_per_second": trained_steps * config.data.batch_size / elapsed if trained_steps and elapsed else None,
         "jit_compile": jit_compile,
         "replicas": strategy.num_replicas_in_sync,
+        "mixed_precision": precision_used[0],
+        "mixed_precision_reason": precision_used[1],
     }
-    atomic_write_text(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2))
-    logging.info("Done: %s", summary)
+    _write_outputs(model, config, examples, workdir, summary)
     return summary
 
 
-def write_samples(model, config, x, path):
-    """Draws config.sample.num_samples samples and writes them as a PNG (a grid or a scatter)."""
-    labels = sample_labels(model, config.sample.num_samples)
-    samples = model.generate(
-        config.sample.num_samples, seed=config.sample.seed, sampler=config.sample.sampler,
-        num_steps=config.sample.num_steps or None, labels=labels,
-        guidance_scale=config.sample.guidance_scale if model.num_classes is not None else None,
-    )
-    steps = config.sample.num_steps or model.diffusion.num_timesteps
-    with atomic_path(path) as temporary:
-        plots.save_samples(samples, temporary, reference=x[: len(samples)] if x.ndim == 2 else None, labels=labels,
-                           title=f"{config.name}: {config.sample.sampler}, {steps} steps")
-    return samples
+def _run_loop(model, strategy, examples, config, manager, start_step, workdir):
+    """Unpacks the config into the arguments of the loop the strategy needs."""
+    schedule = {"start_step": start_step, "total_steps": config.train.steps,
+                "checkpoint_every": config.train.checkpoint_every, "log_every": config.train.log_every,
+                "manager": manager, "workdir": workdir}
+
+    def batches(first_step):  # batch k is a function of (seed, k), wherever the run starts
+        return examples.batches(config.data.batch_size, seed=config.seed, start_step=first_step,
+                                with_labels=model.num_classes is not None)
+
+    if config.train.strategy == "multi_worker":
+        return custom_loop(model, strategy, batches, batch_size=config.data.batch_size, **schedule)
+    dataset = batches(start_step)
+    if model.data_range is not None:  # images; a toy's model space is unbounded
+        first = next(iter(dataset.take(1)))
+        data_lib.check_in_model_space(first[0] if isinstance(first, tuple) else first)
+    return keras_fit_loop(model, dataset, verbose=config.train.verbose, sample_every=config.train.sample_every,
+                          sample=config.sample.to_dict(), **schedule)
 
 
-def _keras_fit(model, x, labels, config, manager, start_step, workdir):
-    every = config.train.checkpoint_every
-    dataset = data_lib.step_indexed_batches(x, labels, config.data.batch_size, seed=config.seed, start_step=start_step)
+def _write_outputs(model, config, examples, workdir, summary):
+    """model.keras (EMA weights when the optimizer keeps them), samples.png and summary.json."""
+    if model.optimizer.use_ema:
+        model.optimizer.finalize_variable_values(model.trainable_variables)
+    with checkpoints.atomic_path(os.path.join(workdir, "model.keras")) as temporary:
+        model.save(temporary)
+    x = getattr(examples, "x", None)
+    reports.write_samples(model, os.path.join(workdir, "samples.png"), name=config.name,
+                          reference=x if x is not None and x.ndim == 2 else None, **config.sample)
+    checkpoints.atomic_write_json(os.path.join(workdir, "summary.json"), summary)
+    logging.info("Done: %s", summary)
+
+
+# -- the loops -----------------------------------------------------------------------------------
+def keras_fit_loop(model, dataset, *, start_step, total_steps, checkpoint_every, log_every, manager, workdir,
+                   verbose=True, sample_every=0, sample=None):
+    """Steps `start_step` → `total_steps` of `model.fit` over `dataset`; returns the last epoch's loss.
+
+    Args:
+      model: a compiled `DiffusionModel` (see `builders.build_compiled_model`).
+      dataset: the endless batches from step `start_step` on (`data.step_indexed_batches`).
+      start_step, total_steps: multiples of `checkpoint_every`, one `fit` epoch each.
+      checkpoint_every: steps between checkpoints written through `manager`.
+      log_every: steps between TensorBoard loss points in `workdir`/logs.
+      manager: a `checkpoints.CheckpointManager` of `model`.
+      workdir: where loss.csv (appended to on resume) and logs/ go.
+      verbose: show the progress (`ProgressBar`).
+      sample_every: steps between sample grids in TensorBoard (`SampleGrid`; 0 for none).
+      sample: the `generate` request of the grids (a config's `sample` section).
+    """
     callbacks = [
         StopOnNonFiniteLoss(),
         CheckpointEveryEpoch(manager),
         keras.callbacks.CSVLogger(os.path.join(workdir, "loss.csv"), append=True),
-        keras.callbacks.TensorBoard(os.path.join(workdir, "logs"), update_freq=config.train.log_every),
+        keras.callbacks.TensorBoard(os.path.join(workdir, "logs"), update_freq=log_every),
     ]
+    if verbose:
+        callbacks.append(ProgressBar(total_steps, log_every))
+    if sample_every and model.data_shape is not None and len(model.data_shape) == 3:
+        callbacks.append(SampleGrid(os.path.join(workdir, "logs", "samples"), sample_every, sample or {}))
     history = model.fit(
-        dataset, steps_per_epoch=every, epochs=config.train.steps // every, initial_epoch=start_step // every,
-        callbacks=callbacks, verbose=2 if config.train.verbose else 0,
+        dataset, steps_per_epoch=checkpoint_every, epochs=total_steps // checkpoint_every,
+        initial_epoch=start_step // checkpoint_every, callbacks=callbacks, verbose=0,
+        shuffle=False,  # the batch order is the dataset's (step-indexed); Keras warns when told to shuffle one
     ).history
     return float(history["loss"][-1])
 
 
-def _custom_loop(model, strategy, x, labels, config, manager, start_step, workdir):
+def custom_loop(model, strategy, batches, *, batch_size, start_step, total_steps, checkpoint_every, log_every,
+                manager, workdir):
     """`strategy.run(model.train_step)` over per-worker slices of the same global batches.
 
-    Each input pipeline builds the global batch k and keeps the rows of its replicas, so the
-    replicas together see exactly the batch a single device sees at step k.
+    Each input pipeline builds the global batches with `batches(start_step)` (e.g. an
+    `ArrayData.batches` of `batch_size`, batch k a function of the seed and k) and keeps the rows
+    of its replicas, so the replicas together see exactly the batch a single device sees at step
+    k. Only the chief logs and writes checkpoints. The other arguments are those of
+    `keras_fit_loop`. Returns the loss averaged over the last logging interval.
     """
-    global_batch = config.data.batch_size
-
-    def dataset_fn(context):
-        per_replica = context.get_per_replica_batch_size(global_batch)
-        replicas_here = global_batch // context.num_input_pipelines // per_replica
-        first = context.input_pipeline_id * replicas_here * per_replica
-        batches = data_lib.step_indexed_batches(x, labels, global_batch, seed=config.seed, start_step=start_step)
-
-        def split(*batch):
-            mine = [b[first:first + replicas_here * per_replica] for b in batch]
-            shards = [tf.reshape(b, tf.concat([[replicas_here, per_replica], tf.shape(b)[1:]], 0)) for b in mine]
-            return tf.data.Dataset.from_tensor_slices(tuple(shards) if len(shards) > 1 else shards[0])
-
-        return batches.flat_map(split)
-
-    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+    iterator = iter(strategy.distribute_datasets_from_function(
+        lambda context: _replica_rows(context, batches, batch_size, start_step)))
 
     @tf.function
     def train_step(iterator):
         strategy.run(model.train_step, args=(next(iterator),))
 
-    chief = is_chief(strategy)
+    chief = builders.is_chief(strategy)
     writer = tf.summary.create_file_writer(os.path.join(workdir, "logs", "train")) if chief else None
     loss = None
-    for step in range(start_step, config.train.steps):
+    for step in range(start_step, total_steps):
         train_step(iterator)
         if model.nonfinite_tracker.result() > 0:
-            raise NonFiniteLossError(f"The training loss was not finite at step {step}; that update was not applied "
-                                     "and training stopped. Lower the learning rate or check the data.")
-        if (step + 1) % config.train.log_every == 0 or (step + 1) % config.train.checkpoint_every == 0:
+            raise _nonfinite_loss_error(step)
+        if (step + 1) % log_every == 0 or (step + 1) % checkpoint_every == 0:
             loss = float(model.loss_tracker.result())
             model.loss_tracker.reset_state()
             if chief:
                 with writer.as_default():
                     tf.summary.scalar("loss", loss, step=step + 1)
                 logging.info("step %d loss %.5f", step + 1, loss)
-        if (step + 1) % config.train.checkpoint_every == 0 and chief:
+        if (step + 1) % checkpoint_every == 0 and chief:
             manager.save(step + 1)
     return loss
 
 
-def base_config():
-    """Every key a training config has, with defaults; config files override what they need."""
-    import ml_collections
+def _replica_rows(context, make_batches, batch_size, start_step):
+    """The dataset of one input pipeline: its replicas' rows of every global batch, one replica per element."""
+    per_replica = context.get_per_replica_batch_size(batch_size)
+    replicas_here = batch_size // context.num_input_pipelines // per_replica
+    first = context.input_pipeline_id * replicas_here * per_replica
+    batches = make_batches(start_step)
 
-    return ml_collections.ConfigDict(
-        {
-            "name": "run",
-            "seed": 0,
-            "network": "SeedUNet",
-            "model": {},
-            "diffusion": {"name": "linear", "num_timesteps": 400},
-            "objective": {"prediction_type": "epsilon", "loss_weighting": "none", "label_dropout": 0.0,
-                          "data_range": (0.0, 1.0)},
-            "data": {"name": "mnist", "split": "train", "source": "auto", "idx_dir": "", "data_dir": "",
-                     "num_samples": 0, "batch_size": 64},
-            "optimizer": {"learning_rate": 1e-4, "schedule": "constant", "warmup_steps": 0, "clipnorm": None,
-                          "use_ema": False, "ema_momentum": 0.9999},
-            "train": {"steps": 1000, "checkpoint_every": 500, "log_every": 100, "keep_checkpoints": 3,
-                      "jit_compile": "auto", "steps_per_execution": 1, "mixed_precision": "float32",
-                      "deterministic": False, "strategy": "default", "cpu_devices": 0, "allow_config_change": False, "verbose": True},
-            "sample": {"num_samples": 16, "sampler": "ddpm", "num_steps": 0, "seed": 0, "guidance_scale": 0.0},
-        }
-    )
+    def split(*batch):
+        mine = [b[first:first + replicas_here * per_replica] for b in batch]
+        shards = [tf.reshape(b, tf.concat([[replicas_here, per_replica], tf.shape(b)[1:]], 0)) for b in mine]
+        return tf.data.Dataset.from_tensor_slices(tuple(shards) if len(shards) > 1 else shards[0])
 
-
-def model_from_checkpoint(workdir, step=None, use_ema=True):
-    """The model of `workdir` as it was at checkpoint `step` (default: the newest).
-
-    With `use_ema` the optimizer's EMA weights replace the raw ones, as at the end of `fit`.
-    """
-    import ml_collections
-
-    with open(os.path.join(workdir, "config.json")) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    x, _ = load_training_data(config.data, config.seed)
-    model = build_model(config)
-    model(tf.zeros((1,) + x.shape[1:]), tf.zeros((1,), tf.int32))
-    model.compile(optimizer=build_optimizer(config.optimizer, config.train.steps))
-    model.optimizer.build(model.trainable_variables)
-    manager = CheckpointManager(os.path.join(workdir, "checkpoints"), model)
-    available = manager.steps()
-    step = available[-1] if step is None and available else step
-    if step not in available:
-        raise FileNotFoundError(f"No checkpoint for that step in {manager.directory} (have {available}). "
-                                f"Received: step={step!r}")
-    model.load_weights(manager.path(step))
-    if use_ema and model.optimizer.use_ema:
-        model.optimizer.finalize_variable_values(model.trainable_variables)
-    return model
-
-
-def check_variant(variant):
-    """Config files accept one variant, "tiny" (a seconds-long run for tests)."""
-    if variant not in (None, "", "tiny"):
-        raise ValueError(f"Unknown variant. Expected 'tiny' or none. Received: variant={variant!r}")
+    return batches.flat_map(split)

@@ -58,12 +58,10 @@ def main(argv):
             raise SystemExit(f"Refusing to overwrite an existing export. Received: --version={FLAGS.version} "
                              f"({version_dir} exists)")
 
-    import keras  # after the flag checks: a bad command line fails without loading TensorFlow
+    # After the flag checks: a bad command line fails without loading TensorFlow.
+    from tfdiffusion import builders, export
 
-    import tfdiffusion  # noqa: F401  (registers the tfdiffusion classes for load_model)
-    from tfdiffusion import export
-
-    model = keras.saving.load_model(model_path, compile=False)
+    model = builders.load_model(model_path, compile=False)
     if FLAGS.compute_dtype == "bfloat16":
         model = model.with_dtype_policy("mixed_bfloat16")
     try:

@@ -1,40 +1,40 @@
-"""Draws the figures of a trained workdir as PNG files.
+"""Draws the figures of a trained workdir as PNG files, into WORKDIR/figures unless --output_dir is given.
 
-    python tools/plot.py --workdir=/tmp/moons --output_dir=docs/figures [--figures=schedules,trajectory]
+    python tools/plot.py --workdir=runs/moons [--output_dir=DIR] [--figures=schedules,trajectory]
 
 Figures: schedules (β and 1 − ᾱ, linear vs polynomial vs cosine), forward (naive iterative noising
 vs the closed form, images only), trajectory (x_t strip for images, 2-D paths for toys),
-vector_field (−ε_θ(x, t) on a grid, 2-D toys), loss (from loss.csv), samples (grid or scatter).
+vector_field (−ε_θ(x, t) on a grid, 2-D toys), loss (from loss.csv), samples (grid or scatter),
+guidance (one row per class at increasing guidance, class-conditional models). Prints one
+`name: path` line per figure written. Bad input ends with one line naming the flag and the value
+received, and exit status 1.
 """
 
 import os
-import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import flags
 
-from absl import app, flags  # noqa: E402
-
-from tfdiffusion import reports  # noqa: E402
+from tfdiffusion import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by tools/train.py.")
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", "docs/figures", "Where the PNG files go.")
-_FIGURES = flags.DEFINE_list("figures", list(reports.FIGURES), "Which figures to draw.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the PNG files go (default: WORKDIR/figures).")
+_FIGURES = flags.DEFINE_list("figures", None, "Which figures to draw (default: every one that applies to the model; "
+                             "names in tfdiffusion.reports.FIGURES).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the samples drawn.")
 flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments. Received: {argv[1:]}")
-    try:
-        written = reports.write_figures(_WORKDIR.value, _OUTPUT_DIR.value, _FIGURES.value, seed=_SEED.value)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    del argv  # cli.run refuses positional arguments
+    from tfdiffusion import reports  # imports TensorFlow: after the command line is checked
+
+    output_dir = _OUTPUT_DIR.value or os.path.join(_WORKDIR.value, "figures")
+    figures = _FIGURES.value or reports.FIGURES
+    written = reports.write_figures(_WORKDIR.value, output_dir, figures, seed=_SEED.value)
     for name, path in written.items():
         print(f"{name}: {path}")
     return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, output_dirs=("output_dir",))

@@ -1,41 +1,39 @@
 """Trains a diffusion model from a config file; resumes when the workdir holds a run.
 
-    python tools/train.py --config=configs/moons.py --workdir=/tmp/moons [--config.train.steps=N ...]
+    python tools/train.py --config=configs/moons.py --workdir=runs/moons [--config.train.steps=N ...]
 
 Writes config.json, checkpoints/, logs/ (TensorBoard), loss.csv, samples.png, model.keras and
-summary.json into --workdir. Exits with status 1 and a message naming the bad value on invalid
-input, and with status 3 when the loss became NaN/Inf (the last good checkpoint is kept).
+summary.json into --workdir. A bad command line, config key or value ends with one line naming it
+and the value received, and exit status 1 (`--verbose` shows the traceback); a loss that became
+NaN/Inf ends with exit status 3 (the last good checkpoint is kept).
 """
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from tfdiffusion import training
+from tfdiffusion import cli
+from tfdiffusion import config as config_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (see configs/).", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (see configs/), with an optional "
+                                          "variant: configs/mnist.py:tiny.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples and the final model.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments. Received: {argv[1:]}")
+    del argv  # cli.run refuses positional arguments
+    from tfdiffusion import training  # imports TensorFlow: after the command line is checked
+
     try:
         training.train(_CONFIG.value, _WORKDIR.value)
     except training.NonFiniteLossError as error:
         logging.error("%s", error)
         print(f"error: {error}", file=sys.stderr)
         return 3
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
     return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, output_dirs=("workdir",), precheck=lambda: config_lib.validate_config(_CONFIG.value))

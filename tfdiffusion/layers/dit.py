@@ -5,13 +5,9 @@ import numpy as np
 from keras import ops
 
 from tfdiffusion.layers.embedding import TimestepEmbedding
+from tfdiffusion.layers.utils import check_divides, check_positive_int, modulate
 
 POSITION_EMBEDDINGS = ("sincos", "learned")
-
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer. Received: {name}={value!r}")
 
 
 def sincos_position_embedding_2d(dim, grid_height, grid_width):
@@ -42,8 +38,9 @@ def sincos_position_embedding_2d(dim, grid_height, grid_width):
     return np.concatenate([one_axis(rows), one_axis(cols)], axis=1).astype(np.float32)
 
 
-def _modulate(x, shift, scale):
-    return x * (1.0 + scale[:, None, :]) + shift[:, None, :]
+def _layer_norm(dtype, name):
+    """LayerNorm without affine parameters: adaLN supplies the scale and shift."""
+    return keras.layers.LayerNormalization(epsilon=1e-6, center=False, scale=False, dtype=dtype, name=name)
 
 
 @keras.saving.register_keras_serializable(package="tfdiffusion")
@@ -78,25 +75,24 @@ class DiTBlock(keras.layers.Layer):
 
     def __init__(self, hidden_size, num_heads=4, mlp_ratio=4.0, **kwargs):
         super().__init__(**kwargs)
-        _check_positive_int("hidden_size", hidden_size)
-        _check_positive_int("num_heads", num_heads)
-        if hidden_size % num_heads:
-            raise ValueError(f"num_heads must divide hidden_size={hidden_size}. Received: num_heads={num_heads!r}")
+        check_positive_int("hidden_size", hidden_size)
+        check_positive_int("num_heads", num_heads)
+        check_divides("num_heads", num_heads, hidden_size, f"hidden_size={hidden_size}")
         if not mlp_ratio > 0:
             raise ValueError(f"mlp_ratio must be > 0. Received: mlp_ratio={mlp_ratio!r}")
+
+        # === Config ===
         self.hidden_size = hidden_size
         self.num_heads = num_heads
         self.mlp_ratio = mlp_ratio
+
+        # === Layers ===
         policy = self.dtype_policy
-        self.norm1 = keras.layers.LayerNormalization(
-            epsilon=1e-6, center=False, scale=False, dtype=policy, name="norm1"
-        )
+        self.norm1 = _layer_norm(policy, "norm1")
         self.attention = keras.layers.MultiHeadAttention(
             num_heads, hidden_size // num_heads, dtype=policy, name="attention"
         )
-        self.norm2 = keras.layers.LayerNormalization(
-            epsilon=1e-6, center=False, scale=False, dtype=policy, name="norm2"
-        )
+        self.norm2 = _layer_norm(policy, "norm2")
         self.mlp_hidden = keras.layers.Dense(self.mlp_width, dtype=policy, name="mlp_hidden")
         self.mlp_output = keras.layers.Dense(hidden_size, dtype=policy, name="mlp_output")
         self.modulation = keras.layers.Dense(
@@ -119,9 +115,9 @@ class DiTBlock(keras.layers.Layer):
 
     def call(self, x, c):
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = ops.split(self.modulation(ops.silu(c)), 6, axis=-1)
-        h = _modulate(self.norm1(x), shift_a, scale_a)
+        h = modulate(self.norm1(x), shift_a, scale_a)
         x = x + gate_a[:, None, :] * self.attention(h, h)
-        h = _modulate(self.norm2(x), shift_m, scale_m)
+        h = modulate(self.norm2(x), shift_m, scale_m)
         return x + gate_m[:, None, :] * self.mlp_output(ops.gelu(self.mlp_hidden(h), approximate=True))
 
     def compute_output_shape(self, x_shape, c_shape):
@@ -188,19 +184,19 @@ class DiT(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        for name, value in (("patch_size", patch_size), ("hidden_size", hidden_size), ("depth", depth),
-                            ("num_heads", num_heads), ("output_channels", output_channels)):
-            _check_positive_int(name, value)
-        if hidden_size % num_heads:
-            raise ValueError(f"num_heads must divide hidden_size={hidden_size}. Received: num_heads={num_heads!r}")
+        check_positive_int("patch_size", patch_size)
+        check_positive_int("hidden_size", hidden_size)
+        check_positive_int("depth", depth)
+        check_positive_int("output_channels", output_channels)
+        # num_heads and mlp_ratio are checked by the DiTBlocks (depth >= 1).
         if position_embedding not in POSITION_EMBEDDINGS:
             raise ValueError(f"position_embedding must be one of {POSITION_EMBEDDINGS}. "
                              f"Received: position_embedding={position_embedding!r}")
         if position_embedding == "sincos" and hidden_size % 4:
             raise ValueError("The sin-cos position embedding needs hidden_size divisible by 4. "
                              f"Received: hidden_size={hidden_size!r}")
-        if not mlp_ratio > 0:
-            raise ValueError(f"mlp_ratio must be > 0. Received: mlp_ratio={mlp_ratio!r}")
+
+        # === Config ===
         self.patch_size = patch_size
         self.hidden_size = hidden_size
         self.depth = depth
@@ -209,6 +205,8 @@ class DiT(keras.Model):
         self.output_channels = output_channels
         self.num_classes = num_classes
         self.position_embedding = position_embedding
+
+        # === Layers ===
         policy = self.dtype_policy
         self.patch_embedding = keras.layers.Conv2D(
             hidden_size, patch_size, strides=patch_size, dtype=policy, name="patch_embedding"
@@ -220,17 +218,15 @@ class DiT(keras.Model):
         self.blocks = [
             DiTBlock(hidden_size, num_heads, mlp_ratio, dtype=policy, name=f"block_{i}") for i in range(depth)
         ]
-        self.final_norm = keras.layers.LayerNormalization(
-            epsilon=1e-6, center=False, scale=False, dtype=policy, name="final_norm"
-        )
+        self.final_norm = _layer_norm(policy, "final_norm")
         self.final_modulation = keras.layers.Dense(
             2 * hidden_size, kernel_initializer="zeros", dtype=policy, name="final_modulation"
         )
         self.final_linear = keras.layers.Dense(
             patch_size * patch_size * output_channels, kernel_initializer="zeros", dtype=policy, name="final_linear"
         )
-        self.position_table = None  # the learned table, a weight whose shape needs H and W (made in build)
-        self.grid_size = None  # (H/p, W/p), set in build
+        # The learned position table: a weight of shape [(H/p)·(W/p), hidden_size], made in build.
+        self.position_table = None
 
     def build(self, x_shape, t_shape=None, labels_shape=None):
         x_shape = tuple(x_shape)
@@ -241,10 +237,9 @@ class DiT(keras.Model):
                 f"Received: x_shape={x_shape}"
             )
         batch = x_shape[0]
-        self.grid_size = (x_shape[1] // p, x_shape[2] // p)
-        num_tokens = self.grid_size[0] * self.grid_size[1]
+        num_tokens = (x_shape[1] // p) * (x_shape[2] // p)
         self.patch_embedding.build(x_shape)
-        self.time_embedding.build((batch,), None if labels_shape is None else (batch,))
+        self.time_embedding.build((batch,))
         if self.position_embedding == "learned":
             self.position_table = self.add_weight(
                 shape=(num_tokens, self.hidden_size),
@@ -260,21 +255,22 @@ class DiT(keras.Model):
         self.final_linear.build(tokens_shape)
         self.built = True
 
-    def _positions(self):
+    def _positions(self, grid_h, grid_w):
         if self.position_embedding == "learned":
             return ops.cast(self.position_table, self.compute_dtype)
-        table = sincos_position_embedding_2d(self.hidden_size, *self.grid_size)
+        table = sincos_position_embedding_2d(self.hidden_size, grid_h, grid_w)
         return ops.convert_to_tensor(table, dtype=self.compute_dtype)
 
     def call(self, x, t, labels=None):
-        p, (grid_h, grid_w), channels = self.patch_size, self.grid_size, self.output_channels
+        p, channels = self.patch_size, self.output_channels
+        grid_h, grid_w = x.shape[1] // p, x.shape[2] // p
         h = ops.reshape(self.patch_embedding(x), (-1, grid_h * grid_w, self.hidden_size))
-        h = h + self._positions()[None]
+        h = h + self._positions(grid_h, grid_w)[None]
         c = self.time_embedding(t, labels)
         for block in self.blocks:
             h = block(h, c)
         shift, scale = ops.split(self.final_modulation(ops.silu(c)), 2, axis=-1)
-        h = self.final_linear(_modulate(self.final_norm(h), shift, scale))  # [N, h·w, p·p·C]
+        h = self.final_linear(modulate(self.final_norm(h), shift, scale))  # [N, h·w, p·p·C]
         h = ops.reshape(h, (-1, grid_h, grid_w, p, p, channels))
         h = ops.transpose(h, (0, 1, 3, 2, 4, 5))  # [N, h, p, w, p, C]
         return ops.reshape(h, (-1, grid_h * p, grid_w * p, channels))

@@ -5,6 +5,8 @@ import math
 import keras
 from keras import ops
 
+from tfdiffusion.layers.utils import check_positive_int
+
 
 @keras.saving.register_keras_serializable(package="tfdiffusion")
 class SinusoidalEmbedding(keras.layers.Layer):
@@ -73,7 +75,11 @@ class TimestepEmbedding(keras.layers.Layer):
 
     Call arguments:
       t: integer tensor [N], the 0-based timestep.
-      labels: optional integer tensor [N] in [0, num_classes]; ignored when unconditional.
+      labels: optional integer tensor [N] in [0, num_classes]; None means the null class;
+        ignored when unconditional.
+
+    Returns:
+      float tensor [N, embedding_dim].
 
     Example:
       >>> TimestepEmbedding(64, mlp_width=256)(keras.ops.arange(4))  # shape (4, 64)
@@ -84,22 +90,29 @@ class TimestepEmbedding(keras.layers.Layer):
 
     def __init__(self, embedding_dim, mlp_width=None, mlp_depth=2, activation="relu", num_classes=None, **kwargs):
         super().__init__(**kwargs)
-        if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
-            raise ValueError(f"num_classes must be None or an integer >= 1. Received: num_classes={num_classes!r}")
+        if mlp_width is not None:
+            check_positive_int("mlp_width", mlp_width)
         if not isinstance(mlp_depth, int) or mlp_depth < 0:
             raise ValueError(f"mlp_depth must be an integer >= 0. Received: mlp_depth={mlp_depth!r}")
+        if num_classes is not None:
+            check_positive_int("num_classes", num_classes)
+
+        # === Config ===
         self.embedding_dim = embedding_dim
         self.mlp_width = mlp_width
         self.mlp_depth = mlp_depth
         self.activation = activation
         self.num_classes = num_classes
+
+        # === Layers ===
+        policy = self.dtype_policy
         width = mlp_width or 4 * embedding_dim
-        self.sinusoidal = SinusoidalEmbedding(embedding_dim, dtype=self.dtype_policy, name="sinusoidal")
+        self.sinusoidal = SinusoidalEmbedding(embedding_dim, dtype=policy, name="sinusoidal")
         self.hidden_layers = [
-            keras.layers.Dense(width, activation=activation, dtype=self.dtype_policy, name=f"hidden_{i}")
+            keras.layers.Dense(width, activation=activation, dtype=policy, name=f"hidden_{i}")
             for i in range(mlp_depth)
         ]
-        self.output_layer = keras.layers.Dense(embedding_dim, dtype=self.dtype_policy, name="output")
+        self.output_layer = keras.layers.Dense(embedding_dim, dtype=policy, name="output")
         self.class_embedding = (
             None
             if num_classes is None
@@ -109,7 +122,7 @@ class TimestepEmbedding(keras.layers.Layer):
             # of samples after 4,000 steps, its class rows still at norm 0.3 against 2–6 for time).
             else keras.layers.Embedding(num_classes + 1, embedding_dim,
                                         embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0),
-                                        dtype=self.dtype_policy, name="class_embedding")
+                                        dtype=policy, name="class_embedding")
         )
 
     def build(self, t_shape, labels_shape=None):

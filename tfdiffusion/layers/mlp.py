@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from tfdiffusion.layers.embedding import TimestepEmbedding
+from tfdiffusion.layers.utils import check_positive_int
 
 
 @keras.saving.register_keras_serializable(package="tfdiffusion")
@@ -39,30 +40,38 @@ class MLPDenoiser(keras.Model):
         self, data_dim, hidden_units=128, num_hidden_layers=3, time_embedding_dim=32, num_classes=None, **kwargs
     ):
         super().__init__(**kwargs)
-        for name, value in (("data_dim", data_dim), ("hidden_units", hidden_units), ("num_hidden_layers", num_hidden_layers)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer. Received: {name}={value!r}")
+        check_positive_int("data_dim", data_dim)
+        check_positive_int("hidden_units", hidden_units)
+        check_positive_int("num_hidden_layers", num_hidden_layers)
+
+        # === Config ===
         self.data_dim = data_dim
         self.hidden_units = hidden_units
         self.num_hidden_layers = num_hidden_layers
         self.time_embedding_dim = time_embedding_dim
         self.num_classes = num_classes
+
+        # === Layers ===
         policy = self.dtype_policy
         self.time_embedding = TimestepEmbedding(
             time_embedding_dim, 4 * time_embedding_dim, 1, activation="silu", num_classes=num_classes,
             dtype=policy, name="time_embedding",
         )
-        self.hidden_layers = [keras.layers.Dense(hidden_units, dtype=policy, name=f"hidden_{i}") for i in range(num_hidden_layers)]
+        self.hidden_layers = [
+            keras.layers.Dense(hidden_units, dtype=policy, name=f"hidden_{i}") for i in range(num_hidden_layers)
+        ]
         self.time_projections = [
-            keras.layers.Dense(hidden_units, dtype=policy, name=f"time_projection_{i}") for i in range(num_hidden_layers)
+            keras.layers.Dense(hidden_units, dtype=policy, name=f"time_projection_{i}")
+            for i in range(num_hidden_layers)
         ]
         self.output_layer = keras.layers.Dense(data_dim, dtype=policy, name="output")
 
     def build(self, x_shape, t_shape=None, labels_shape=None):
         if x_shape[-1] != self.data_dim:
-            raise ValueError(f"MLPDenoiser(data_dim={self.data_dim}) needs x of shape [N, {self.data_dim}]. Received: x_shape={tuple(x_shape)}")
+            raise ValueError(f"MLPDenoiser(data_dim={self.data_dim}) needs x of shape [N, {self.data_dim}]. "
+                             f"Received: x_shape={tuple(x_shape)}")
         batch = x_shape[0]
-        self.time_embedding.build((batch,), None if labels_shape is None else (batch,))
+        self.time_embedding.build((batch,))
         features = self.data_dim
         for layer, projection in zip(self.hidden_layers, self.time_projections):
             layer.build((batch, features))

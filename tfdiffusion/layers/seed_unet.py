@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from tfdiffusion.layers.embedding import TimestepEmbedding
+from tfdiffusion.layers.utils import check_positive_int, check_positive_ints
 
 
 @keras.saving.register_keras_serializable(package="tfdiffusion")
@@ -31,13 +32,17 @@ class ConvBlock(keras.layers.Layer):
 
     def __init__(self, filters, kernel_size=3, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(filters, int) or filters < 1:
-            raise ValueError(f"filters must be a positive integer. Received: filters={filters!r}")
+        check_positive_int("filters", filters)
+
+        # === Config ===
         self.filters = filters
         self.kernel_size = kernel_size
-        self.conv1 = keras.layers.Conv2D(filters, kernel_size, padding="same", dtype=self.dtype_policy, name="conv1")
-        self.time_dense = keras.layers.Dense(filters, dtype=self.dtype_policy, name="time_dense")
-        self.conv2 = keras.layers.Conv2D(filters, kernel_size, padding="same", dtype=self.dtype_policy, name="conv2")
+
+        # === Layers ===
+        policy = self.dtype_policy
+        self.conv1 = keras.layers.Conv2D(filters, kernel_size, padding="same", dtype=policy, name="conv1")
+        self.time_dense = keras.layers.Dense(filters, dtype=policy, name="time_dense")
+        self.conv2 = keras.layers.Conv2D(filters, kernel_size, padding="same", dtype=policy, name="conv2")
 
     def build(self, x_shape, time_embedding_shape):
         self.conv1.build(x_shape)
@@ -110,9 +115,11 @@ class SeedUNet(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        channels = tuple(channels)
-        if len(channels) < 2 or not all(isinstance(c, int) and c > 0 for c in channels):
-            raise ValueError(f"channels must hold at least two positive integers. Received: channels={channels!r}")
+        channels = check_positive_ints("channels", channels, min_length=2)
+        check_positive_int("initial_channels", initial_channels)
+        check_positive_int("output_channels", output_channels)
+
+        # === Config ===
         self.channels = channels
         self.initial_channels = initial_channels
         self.time_embedding_dim = time_embedding_dim
@@ -120,9 +127,12 @@ class SeedUNet(keras.Model):
         self.time_mlp_depth = time_mlp_depth
         self.output_channels = output_channels
         self.num_classes = num_classes
+
+        # === Layers ===
         policy = self.dtype_policy
         self.time_embedding = TimestepEmbedding(
-            time_embedding_dim, time_mlp_width, time_mlp_depth, num_classes=num_classes, dtype=policy, name="time_embedding"
+            time_embedding_dim, time_mlp_width, time_mlp_depth, num_classes=num_classes, dtype=policy,
+            name="time_embedding",
         )
         self.initial_conv = keras.layers.Conv2D(initial_channels, 3, padding="same", dtype=policy, name="initial_conv")
         self.down_blocks = [ConvBlock(c, dtype=policy, name=f"down_{i}") for i, c in enumerate(channels[:-1])]
@@ -148,7 +158,7 @@ class SeedUNet(keras.Model):
                 f"SeedUNet with {len(self.channels) - 1} down-samplings needs H and W divisible by {factor}. "
                 f"Received: x_shape={tuple(x_shape)}"
             )
-        self.time_embedding.build((batch,), None if labels_shape is None else (batch,))
+        self.time_embedding.build((batch,))
         embed_shape = (batch, self.time_embedding_dim)
         self.initial_conv.build(x_shape)
         shape = (batch, height, width, self.initial_channels)
