@@ -276,12 +276,9 @@ def _markdown_header(info):
     versions = ", ".join(f"{name} {info[key]}" for name, key in (("Python", "python"), ("TensorFlow", "tensorflow"),
                          ("Keras", "keras"), ("PyTorch", "torch"), ("NumPy", "numpy")) if key in info)
     return "\n".join([
-        "# Benchmarks", "",
-        "Rows are appended by the scripts of `benchmarks/` (see `benchmarks/README.md`; the whole suite is",
-        "`bash benchmarks/run_all.sh`). Each row carries its own date, environment and the exact command;",
-        "figures are medians over the uncontended repeats (another process using > 15% of the machine during",
-        "a timed section marks it contended; a median that had to include contended repeats is marked",
-        "*contended*).", "", "File created on this machine:", "",
+        "# Benchmarks", "", "Rows appended by the scripts of `benchmarks/` (see its README.md), each with its date,",
+        "environment and command; medians over the uncontended repeats (*contended*: another process used",
+        "> 15% of the machine in every repeat).", "", "File created on this machine:", "",
         f"- machine: {info['cpu_model']}, {info['cores']} cores, flags: {', '.join(info['cpu_flags']) or 'n/a'}",
         f"- versions: {versions}; oneDNN {'on' if info['onednn'] else 'off'}",
         f"- date: {info['date']}" + (f", git {info['git']}" if info.get("git") else "")])

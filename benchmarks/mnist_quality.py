@@ -1,14 +1,10 @@
-"""Sample quality of an MNIST run: FID over checkpoints, FID against sampler steps, and grids.
+"""Sample quality of an MNIST run: FID over checkpoints, FID against sampler steps, and a grid.
 
-    python benchmarks/mnist_quality.py --workdir=/work/runs/mnist \
-        --classifier=/work/runs/classifier/classifier.keras --num_samples=500 \
-        --checkpoints=500,1000,2000 --sweep=ddpm:400,ddim:10,ddim:20,ddim:50,dpmpp_2m:10,dpmpp_2m:20,dpmpp_2m:50
+    python benchmarks/mnist_quality.py --workdir=/work/runs/mnist --classifier=CLS --num_samples=500 \
+        --checkpoints=500,1000,2000 --sweep=ddpm:400,ddim:20,dpmpp_2m:10,dpmpp_2m:20
 
-Protocol: `tfdiffusion.evaluation`'s — samples drawn in batches of `--batch_size`, batch i with seed
-`evaluation.batch_seed(--seed, i)` (runs before this change used seed + i: same distribution, other
-draws); FID of the classifier features against all 10,000 MNIST test images (statistics cached
-beside the classifier). Checkpoints use the raw weights (the EMA of short runs lags). Prints JSON
-lines and writes a markdown report (--report) and the DDPM-400 vs DPM-Solver++-20 grid (--figure).
+`tfdiffusion.evaluation`'s protocol against the 10,000 MNIST test images; checkpoints with their raw
+weights. Appends a table to --report and writes the DDPM-400 vs DPM-Solver++-20 grid (--figure).
 """
 
 import os

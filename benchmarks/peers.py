@@ -1,14 +1,9 @@
-"""The peer of the benchmarks: a plain Keras 3 port of the JAX tutorial's U-Net.
+"""The peer of the benchmarks: a plain Keras 3 port of the JAX tutorial's U-Net and train step.
 
-Written the straightforward way a user would port the tutorial, with no tfdiffusion import:
-a functional model taking (x [N, 28, 28, 1], t [N]) in channels-last layout, and a small
-`keras.Model` subclass whose `train_step` samples t and ε with `tf.random`, forms
-x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε, and minimises the MSE to ε with Adam (1e-4), compiled with
-or without XLA. It is what `train_throughput.py --network=plain_keras_port` measures.
-
-    model = PlainDiffusion(build_tutorial_unet())
-    model.compile(optimizer=keras.optimizers.Adam(1e-4), jit_compile=False)
-    model.fit(images_in_minus1_1, ...)
+Written the straightforward way a user would port the tutorial, with no tfdiffusion import: a
+functional model of (x [N, 28, 28, 1], t [N]), channels-last, and a `keras.Model` whose
+`train_step` draws t and ε with `tf.random`, forms x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε and minimises
+the MSE to ε with Adam (1e-4). `train_throughput.py --network=plain_keras_port` times it.
 """
 
 import math

@@ -1,17 +1,12 @@
 """Does `mixed_bfloat16` train like float32? Loss curves of one config in both precisions.
 
     python benchmarks/precision_curves.py --config=configs/moons.py --steps=4000 --log_every=200
-    python benchmarks/precision_curves.py --config=configs/mnist.py --steps=300 --log_every=20
 
-Three runs of `training.train` on the config, each in a fresh workdir under --workdir_base:
-float32 with seed s, float32 with seed s + 1 and mixed_bfloat16 with seed s. Batches and
-diffusion noise are a function of (seed, step) only, so the bf16 run sees exactly the examples
-and noise of the first float32 run: their curves differ by precision alone. The second float32
-run measures "noise": how far two float32 curves lie apart when only the seed changes.
-
-Reported: the mean over logged points (after the first tenth of the run) of |bf16 − fp32| and of
-|fp32 seed s+1 − fp32|, relative to the fp32 loss; "same curve within noise" means the first is
-not larger than the second. Writes the figure `--figure` and a row of --markdown.
+Three `training.train` runs in fresh workdirs: float32 seed s, float32 seed s + 1, mixed_bfloat16
+seed s. Batches and noise are functions of (seed, step), so the bf16 run sees the first run's
+examples and noise: their gap is the precision's, and the seed-to-seed gap is the yardstick.
+Reported: the mean relative |bf16 − fp32| and |seed s+1 − seed s| after the first tenth of the
+run ("within noise" when the first is not larger), a figure and a row of --markdown.
 """
 
 import math

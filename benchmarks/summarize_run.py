@@ -1,15 +1,11 @@
-"""Ratios and targets from one run of the suite (the JSON lines `run_all.sh` collects).
+"""Ratios and targets of one `run_all.sh` run, from its JSON lines: the "Run summary" table.
 
-    python benchmarks/summarize_run.py --jsonl=/tmp/tfdiffusion-bench-....jsonl [--markdown=docs/BENCHMARKS.md]
+    python benchmarks/summarize_run.py --jsonl=/tmp/tfdiffusion-bench-....jsonl
 
-Reads the "summary" records of `train_throughput.py`, `peers_torch.py` and `sampling.py`, forms
-the ratios that only mean something within one run on one machine (tfdiffusion vs the plain Keras
-port and the PyTorch port under the same precision, bf16 vs fp32 for training and sampling,
-DPM-Solver++ 20 steps vs DDPM 400, served vs in-process), compares them with the targets of issues
-7 and 16, prints them as JSON lines and appends them to the "Run summary" table of --markdown. The
-first rows say which bf16 units the CPU has and what tfdiffusion's `mixed_precision="auto"` picks
-here, and why. A ratio built from a contended median is marked contended. Also prints issue 7's
-peer table as measured in this run, with tfdiffusion's rows added, for README.md and docs/BENCHMARKS.md.
+The ratios that only mean something within one run (tfdiffusion against the Keras and PyTorch
+ports, bf16 against fp32 for training and sampling, DPM-Solver++ 20 against DDPM 400, served and
+eager against in-process) with issues 7 and 16's targets, after the CPU's bf16 units and what
+`mixed_precision="auto"` picks here; also issue 7's peer table as measured in this run.
 """
 
 import json
@@ -27,17 +23,15 @@ FLAGS = flags.FLAGS
 
 
 def load(path):
-    """The "summary" records of a JSON-lines file (other lines are skipped)."""
+    """The "summary" records of a JSON-lines file (log lines and a line cut by a killed process are skipped)."""
     records = []
     with open(path, encoding="utf-8") as f:
         for line in f:
             try:
-                record = json.loads(line) if line.lstrip().startswith("{") else None
+                records.append(json.loads(line))
             except json.JSONDecodeError:
-                continue
-            if record and record.get("event") == "summary":
-                records.append(record)
-    return records
+                pass
+    return [r for r in records if isinstance(r, dict) and r.get("event") == "summary"]
 
 
 def _last(records, **match):
@@ -52,6 +46,7 @@ def _training_records(records):
 
 
 def _sampling_records(records, precision=None):
+    """The sampling summaries of 16 images (of one precision, if given; rows before bf16 sampling are float32)."""
     return [r for r in records if r["benchmark"] == "sampling" and r["batch_size"] == 16
             and precision in (None, r.get("precision", "float32"))]
 
@@ -208,15 +203,14 @@ def main(argv):
     records = load(FLAGS.jsonl)
     if not records:
         raise SystemExit(f"No summary records in {FLAGS.jsonl}")
-    info = records[0].get("machine") or {}
-    run_id = os.path.basename(FLAGS.jsonl)
+    info, run_id = records[0].get("machine") or {}, os.path.basename(FLAGS.jsonl)
     for metric in metrics(records):
         common.emit_json({"event": "run_summary", "run": run_id, **metric})
         verdict = "" if metric["target"] is None else f"  (target {metric['target']}: {'met' if metric['met'] else 'NOT met'})"
         print(f"    {metric['metric']}: {common.format_value(metric['value'])}{verdict}"
               + ("  [contended]" if metric["contended"] else ""), file=sys.stderr)
-        row = {"date": common.row_date(info) if info else "", "run": run_id, **metric}
-        common.append_markdown_row("Run summary", row, FLAGS.command, info)
+        common.append_markdown_row("Run summary", {"date": common.row_date(info) if info else "", "run": run_id, **metric},
+                                   FLAGS.command, info)
     print("\nIssue 7's table from this run (for README.md and docs/BENCHMARKS.md):\n" + "\n".join(peer_table(records)),
           file=sys.stderr)
 

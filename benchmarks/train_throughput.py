@@ -1,26 +1,10 @@
-"""Training throughput: steady-state images/s of one network under `model.fit`.
+"""Training throughput: steady-state images/s of one network under `model.fit` (see README.md).
 
-    python benchmarks/train_throughput.py --network=seed_unet --batch_size=64 \
-        --precision=float32 --jit_compile=0 --warmup_steps=5 --timed_steps=20 --repeats=3
+    python benchmarks/train_throughput.py --network=seed_unet --precision=float32 --jit_compile=0 --timed_steps=30
 
-Measured in one process: the first `fit` of `steps_per_execution` steps (tracing, graph
-optimisation, XLA with --jit_compile=1): `first_call_s`, and `compile_s` = that minus the
-steady-state time of those steps; then one more `fit`: `--warmup_steps` untimed steps and timed
-blocks of `--timed_steps` steps (`--repeats`, more up to `--extra_repeats` while some were
-contended) → images/s per block and the median over the uncontended ones. One `fit` for all blocks
-keeps its set-up (about a second here) out of the steady state; each block also records the
-median, min and max time of one execution (a uniformly slow block: less CPU; one long execution:
-a wait). Peak RSS is the process's high-water mark (one network per process).
-
-Models come from `tfdiffusion.builders` (`build_compiled_model`): `--network=seed_unet` (the
-tutorial's U-Net, asserted 2,020,353 parameters), `unet`, `dit` (their defaults) on `base_config()`
-(28×28×1, linear schedule, T = 400, ε-MSE, Adam 1e-4), or a config file's network, diffusion,
-objective and optimizer on its image shape (`--config=configs/cifar10.py`); `plain_keras_port` is
-the peer of `peers.py` (no tfdiffusion code). Data: `--cache_batches` batches of uniform noise in
-[−1, 1] cached in memory before timing, so the input never starves the step.
-
-Prints JSON lines ("repeat" records, then the "summary" with the machine and the command) and
-appends a row to the "Training throughput" table of --markdown.
+The first `fit` gives the compile time; one more `fit` runs the warm-up and the contention-aware
+timed blocks (a callback, so that `fit`'s set-up stays out). Models come from `tfdiffusion.builders`
+(`base_config()` with seed_unet, unet or dit, or `--config`'s), or `peers.py` for plain_keras_port.
 """
 
 import os

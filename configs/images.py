@@ -1,4 +1,4 @@
-"""Your own images: a folder of PNG/JPEG/BMP/GIF files, 64×64 RGB, residual UNet (35.7M params), cosine T=1000.
+"""Your own images: a folder of PNG/JPEG/BMP/GIF files, 64×64 RGB, residual UNet (9,642,691 params), cosine T=1000.
 
 Command (the folder is searched recursively; any image size, resized and centre-cropped to 64×64):
     python tools/train.py --config=configs/images.py --workdir=/tmp/images --config.data.path=DIR

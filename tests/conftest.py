@@ -3,6 +3,7 @@ this checkout's tfdiffusion (not whichever copy is installed)."""
 
 import os
 import pathlib
+import sys
 
 import pytest
 
@@ -13,6 +14,15 @@ os.environ["PYTHONPATH"] = os.pathsep.join([_ROOT] + [p for p in os.environ.get(
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running test (deselect with -m 'not slow')")
+
+
+def pytest_collection_finish(session):
+    """Finds TensorFlow's devices once, as the binaries do, so that no test's captured output holds the
+    `failed call to cuInit` error a host without a GPU driver logs at the first device query."""
+    if "tensorflow" in sys.modules:
+        from tfdiffusion import cli
+
+        cli.start_tensorflow()
 
 
 @pytest.fixture

@@ -23,6 +23,14 @@ def load_config(name, variant=None):
     return namespace["get_config"](variant)
 
 
+def data_shape(config):
+    """The shape of one example of the config's data: a folder's from its image_size and channels."""
+    if config.data.source == "folder":
+        size = config.data.image_size
+        return (size, size, config.data.channels) if isinstance(size, int) else tuple(size) + (config.data.channels,)
+    return DATA_SHAPES[config.data.name]
+
+
 def test_the_new_configs_are_found():
     assert {"cifar10", "fashion_mnist", "mnist_cfg", "mnist_dit", "mnist", "moons"} <= set(CONFIG_NAMES)
 
@@ -32,10 +40,9 @@ def test_the_new_configs_are_found():
 def test_config_validates_builds_and_runs_one_forward_pass(name, variant):
     config = load_config(name, variant)
     config_lib.validate_config(config)
-    assert config.data.name in DATA_SHAPES
+    shape = data_shape(config)
     assert json.loads(json.dumps(config_lib.config_to_dict(config)))["network"] == config.network
-    model = builders.build_model(config)
-    shape = DATA_SHAPES[config.data.name]
+    model = builders.build_model(config, data_shape=shape)
     batch = 2
     x = tf.random.stateless_normal((batch,) + shape, seed=(0, 1))
     labels = None if model.num_classes is None else tf.constant([0, model.num_classes], tf.int32)
@@ -44,7 +51,12 @@ def test_config_validates_builds_and_runs_one_forward_pass(name, variant):
     assert np.all(np.isfinite(out.numpy()))
     params = model.network.count_params()
     print(f"configs/{name}.py{':' + variant if variant else ''}: {config.network} with {params:,} parameters")
-    if config.objective.label_dropout > 0 or config.sample.guidance_scale:
+    if (config.objective.label_dropout > 0 or config.sample.guidance_scale) and config.data.source == "folder":
+        # A folder config is class-conditional exactly when its subfolders are classes.
+        assert model.num_classes is None and not config.data.class_subfolders
+        config.data.class_subfolders = True
+        assert builders.build_model(config, data_shape=shape, class_names=("a", "b", "c")).num_classes == 3
+    elif config.objective.label_dropout > 0 or config.sample.guidance_scale:
         assert model.num_classes is not None, "label dropout and guidance need a class-conditional network"
 
 

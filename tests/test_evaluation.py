@@ -1,9 +1,10 @@
-"""tfdiffusion.evaluation: where samples come from, the features and their cache, the image and toy
-reports, classifier training; and the binaries over it (tools/evaluate.py, tools/train_classifier.py),
-each run once end to end and once on bad input.
+"""tfdiffusion.evaluation: where samples come from, the image (classifier or Inception features) and toy
+reports, classifier training on IDX files and labelled folders; and the binaries over it
+(tools/evaluate.py, tools/train_classifier.py), each run once end to end and on bad input.
 
-The library is called in-process; the binaries run as subprocesses (each imports TensorFlow, so
-there are only four such runs). The one test that trains the classifier on real MNIST is slow.
+The feature extractors and the reference cache are tested in test_features.py. The library is
+called in-process; the binaries run as subprocesses (each imports TensorFlow, so there are only
+five such runs). The one test that trains the classifier on real MNIST is slow.
 """
 
 import gzip
@@ -20,7 +21,7 @@ import pytest
 import tensorflow as tf
 
 import tfdiffusion as tfd
-from tfdiffusion import data, evaluation, metrics, training
+from tfdiffusion import data, evaluation, features, metrics, training
 from tfdiffusion.layers import build_classifier
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -58,6 +59,31 @@ def write_idx_digits(directory, num_train=320, num_test=80):
     return directory
 
 
+def write_png_folder(directory, images):
+    directory.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images):
+        (directory / f"{i:03d}.png").write_bytes(tf.io.encode_png(image).numpy())
+    return directory
+
+
+def coloured_folder(directory, colours, per_class=20, size=12, seed=0):
+    """A labelled folder: one subfolder per (name, RGB) colour, noisy images of that colour."""
+    rng = np.random.default_rng(seed)
+    for name, rgb in colours.items():
+        noisy = np.clip(np.array(rgb)[None, None, None] + rng.normal(0, 30, (per_class, size, size, 3)), 0, 255)
+        write_png_folder(directory / name, noisy.astype(np.uint8))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def inception_weights(tmp_path_factory):
+    """A weights file of a randomly initialised Inception-V3 (the ImageNet weights cannot be downloaded here)."""
+    keras.utils.set_random_seed(0)
+    path = tmp_path_factory.mktemp("inception") / "random_inception.weights.h5"
+    features.load_inception(None).save_weights(str(path))
+    return str(path)
+
+
 @pytest.fixture(scope="module")
 def moons_workdir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("moons")
@@ -72,18 +98,6 @@ def idx_dir(tmp_path_factory):
     return write_idx_digits(tmp_path_factory.mktemp("idx"))
 
 
-@pytest.fixture
-def classifier():
-    keras.utils.set_random_seed(0)
-    model = build_classifier(dropout=0.5, batch_norm=True)
-    # Non-trivial batch-norm moving statistics, so training/inference mode differ visibly.
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.moving_mean.assign(np.full(layer.moving_mean.shape, 0.3, np.float32))
-            layer.moving_variance.assign(np.full(layer.moving_variance.shape, 2.0, np.float32))
-    return model
-
-
 def tiny_image_model(path, num_classes=None):
     """An untrained tiny 28×28 model saved at `path`: checks the plumbing, not the numbers."""
     keras.utils.set_random_seed(0)
@@ -93,6 +107,18 @@ def tiny_image_model(path, num_classes=None):
     model = tfd.DiffusionModel(network, tfd.GaussianDiffusion(tfd.schedules.make_betas("cosine", 20)),
                                prediction_type="x0")
     model(tf.zeros((1, 28, 28, 1)), tf.zeros((1,), tf.int32))
+    model.save(path)
+    return path
+
+
+def tiny_rgb_model(path, size=16):
+    """An untrained tiny size×size RGB model saved at `path`."""
+    keras.utils.set_random_seed(0)
+    network = tfd.layers.SeedUNet(channels=(8, 16), initial_channels=8, time_embedding_dim=16, time_mlp_width=32,
+                                  output_channels=3)
+    model = tfd.DiffusionModel(network, tfd.GaussianDiffusion(tfd.schedules.make_betas("cosine", 20)),
+                               prediction_type="x0")
+    model(tf.zeros((1, size, size, 3)), tf.zeros((1,), tf.int32))
     model.save(path)
     return path
 
@@ -130,73 +156,6 @@ def test_checkpoint_step_loads_a_checkpoint_and_names_the_workdir(moons_workdir,
         evaluation.load_model(str(moons_workdir), checkpoint_step=150)
 
 
-# -- features -------------------------------------------------------------------------------------
-def test_build_classifier_shapes():
-    model = build_classifier()
-    assert model.get_layer("features").output.shape[-1] == 128
-    assert model(np.zeros((2, 28, 28, 1), np.float32)).shape == (2, 10)
-
-
-def test_extractor_quantises_before_the_network(classifier):
-    extractor = evaluation.FeatureExtractor(classifier, batch_size=16)
-    x = np.random.default_rng(7).uniform(size=(20, 28, 28, 1))
-    quantised = np.round(x * 255) / 255
-    f1, l1 = extractor(x)
-    f2, l2 = extractor(quantised.astype(np.float32))
-    f3, l3 = extractor(np.round(x * 255).astype(np.uint8))
-    f4, _ = extractor(x[..., 0])  # [N, H, W] is accepted
-    assert f1.shape == (20, 128) and l1.shape == (20, 10)
-    for f, l in ((f2, l2), (f3, l3)):
-        np.testing.assert_array_equal(f1, f)
-        np.testing.assert_array_equal(l1, l)
-    np.testing.assert_array_equal(f1, f4)
-    # x differs from its quantised version by < 1/510 per pixel; a bit more changes the features.
-    f5, _ = extractor(np.clip(quantised + 0.6 / 255, 0, 1))
-    assert not np.array_equal(f1, f5)
-
-
-def test_extractor_runs_in_inference_mode(classifier):
-    extractor = evaluation.FeatureExtractor(classifier, batch_size=7)  # 20 = 7 + 7 + 6: padded last batch
-    x = np.random.default_rng(8).uniform(size=(20, 28, 28, 1)).astype(np.float32)
-    f1, l1 = extractor(x)
-    f2, l2 = extractor(x)
-    np.testing.assert_array_equal(f1, f2)
-    np.testing.assert_array_equal(l1, l2)
-    # The extractor did not update the batch-norm moving statistics.
-    bn = classifier.get_layer("bn1")
-    np.testing.assert_array_equal(bn.moving_mean.numpy(), np.full(bn.moving_mean.shape, 0.3, np.float32))
-    pixels = np.round(x * 255).astype(np.float32)
-    inference = classifier(pixels, training=False).numpy()
-    np.testing.assert_allclose(l1, inference, rtol=1e-5, atol=1e-5)
-    training_mode = classifier(pixels, training=True).numpy()  # (this call does move the statistics)
-    assert np.max(np.abs(training_mode - inference)) > 1e-2  # dropout and batch statistics do matter
-
-
-def test_extractor_rejects_out_of_range_and_wrong_shape(classifier):
-    extractor = evaluation.FeatureExtractor(classifier)
-    with pytest.raises(ValueError, match=r"\[0, 1\]. Received: values in \[-1"):
-        extractor(np.full((2, 28, 28, 1), -1.0))
-    with pytest.raises(ValueError, match=r"Received: images.shape=\(2, 32, 32, 1\)"):
-        extractor(np.zeros((2, 32, 32, 1)))
-    with pytest.raises(ValueError, match="no layer named 'pool9'"):
-        evaluation.FeatureExtractor(classifier, features_layer="pool9")
-
-
-def test_reference_statistics_are_cached_keyed_and_written_atomically(classifier, tmp_path):
-    extractor = evaluation.FeatureExtractor(classifier)
-    images = np.random.default_rng(9).integers(0, 256, size=(30, 28, 28, 1), dtype=np.uint8)
-    path = tmp_path / "reference_test.npz"
-    first = evaluation.reference_statistics(extractor, images, path)
-    assert path.exists() and first["features"].shape == (30, 128) and first["sigma"].shape == (128, 128)
-    mtime = path.stat().st_mtime_ns
-    second = evaluation.reference_statistics(extractor, images, path)
-    assert path.stat().st_mtime_ns == mtime  # served from the cache
-    np.testing.assert_array_equal(first["mu"], second["mu"])
-    other = evaluation.reference_statistics(extractor, images[:20], path)  # other images: recomputed
-    assert other["num_images"] == 20 and path.stat().st_mtime_ns != mtime
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["reference_test.npz"]  # no temporary left behind
-
-
 # -- the reports ------------------------------------------------------------------------------------
 def test_toy_report_in_1d_adds_the_ks_statistic():
     samples = data.toy_dataset("gmm1d", 500, seed=3)
@@ -211,9 +170,13 @@ def test_toy_report_in_1d_adds_the_ks_statistic():
 @pytest.mark.parametrize("argument, message", [
     (dict(num_samples=0), "Received: num_samples=0"),
     (dict(eta=1.5), "Received: eta=1.5"),
-    (dict(dataset="cifar100"), "Received: dataset='cifar100'"),
+    (dict(dataset="no_such_set"), "TensorFlow Datasets name. Received: dataset='no_such_set'"),
     (dict(classifier="/no/such/classifier.keras"), "Received: classifier='/no/such/classifier.keras'"),
-    (dict(reference_split="val"), "Received: reference_split='val'"),
+    (dict(dataset="mnist", reference_split="val"), "Received: reference_split='val'"),
+    (dict(features="vgg"), "Received: features='vgg'"),
+    (dict(features="classifier"), "features='classifier' needs a classifier. Received: classifier=None"),
+    (dict(inception_weights="/no/such.h5"), "Received: inception_weights='/no/such.h5'"),
+    (dict(data_path="/no/such/folder"), "Received: data_path='/no/such/folder'"),
     (dict(kid_subset_size=1), "Received: kid_subset_size=1"),
     (dict(output=""), "Received: output=''"),
 ])
@@ -268,17 +231,21 @@ def test_image_model_report(tmp_path):
     returned = evaluation.evaluate(**args)
     report = json.loads((tmp_path / "report.json").read_text())
     assert report == json.loads(json.dumps(returned))
-    for key in ("fid", "kid_mean", "kid_std", "confident_fraction", "label_histogram", "num_samples", "sampler",
-                "num_steps", "seed", "seconds", "model", "classifier", "reference_split", "protocol"):
+    for key in ("fid", "kid_mean", "kid_std", "precision", "recall", "confident_fraction", "label_histogram",
+                "reference_confident_fraction", "num_samples", "sampler", "num_steps", "seed", "seconds", "model",
+                "classifier", "reference_split", "protocol"):
         assert key in report, key
     assert report["dataset"] == "mnist" and report["reference_num_images"] == 100 and report["kid_subset_size"] == 24
-    assert np.isfinite(report["fid"]) and report["fid"] >= 0
+    assert report["features"] == "classifier"  # auto: 28×28×1 samples and a classifier
+    assert np.isfinite(report["fid"]) and report["fid"] >= 0 and 0 <= report["precision"] <= 1
     assert len(report["label_histogram"]) == 10 and sum(report["label_histogram"]) == pytest.approx(1.0)
-    assert (tmp_path / "report.png").exists() and (tmp_path / "reference_mnist_test_100.npz").exists()
+    cache = tmp_path / "reference_classifier_mnist_test_100.npz"  # beside the classifier
+    assert (tmp_path / "report.png").exists() and report["reference_cache"] == str(cache) and cache.exists()
     assert "requested_label_accuracy" not in report  # unconditional
-    # The classifier is required for images, and that is known before sampling.
-    with pytest.raises(ValueError, match="Received: classifier=None"):
-        evaluation.evaluate(**{**args, "classifier": None})
+    # A classifier of other images is refused before sampling.
+    build_classifier((32, 32, 3)).save(tmp_path / "rgb.keras")
+    with pytest.raises(ValueError, match=r"takes images of shape \(32, 32, 3\) but the samples have \(28, 28, 1\)"):
+        evaluation.evaluate(**{**args, "classifier": str(tmp_path / "rgb.keras")})
 
 
 def test_conditional_image_model_reports_requested_label_accuracy(tmp_path):
@@ -294,6 +261,32 @@ def test_conditional_image_model_reports_requested_label_accuracy(tmp_path):
     assert len(per_class) == 10 and all(0.0 <= v <= 1.0 for v in per_class)
     assert report["requested_label_accuracy"] == pytest.approx(np.mean(per_class))
     assert not list(tmp_path.glob("*.json"))  # no output: no files but the reference cache
+    build_classifier(num_classes=4).save(tmp_path / "four.keras")
+    with pytest.raises(ValueError, match="tells 4 classes apart but the model draws 10. Received: classifier="):
+        evaluation.evaluate(model=str(model), classifier=str(tmp_path / "four.keras"), num_samples=20)
+
+
+def test_inception_report_against_the_training_folder_of_a_workdir(tmp_path, inception_weights):
+    """A workdir trained on a folder: its config.json names the folder, which becomes the reference."""
+    rng = np.random.default_rng(0)
+    folder = write_png_folder(tmp_path / "photos", rng.integers(0, 256, (12, 20, 24, 3), dtype=np.uint8))
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    tiny_rgb_model(workdir / "model.keras")
+    (workdir / "config.json").write_text(json.dumps({"data": {"source": "folder", "path": str(folder)}}))
+    args = dict(model=str(workdir), inception_weights=inception_weights, num_samples=8, batch_size=8, num_steps=2,
+                kid_subsets=2, reference_cache_dir=str(tmp_path / "cache"), verbose=False)
+    report = evaluation.evaluate(**args, output=str(tmp_path / "report.json"))
+    assert report["dataset"] == "folder" and report["features"] == "inception"
+    assert report["reference"] == {"source": "folder", "path": str(folder)} and report["reference_num_images"] == 12
+    assert report["inception_weights"] == inception_weights and "Inception-V3" in report["protocol"]
+    assert np.isfinite(report["fid"]) and report["fid"] > 0 and report["kid_subset_size"] == 8
+    assert 0 <= report["precision"] <= 1 and 0 <= report["recall"] <= 1
+    assert "confident_fraction" not in report  # no classifier, no classifier extras
+    # The 20×24 photos were resized and centre-cropped to the samples' 16×16 and cached under that size.
+    assert report["reference_cache"].startswith(str(tmp_path / "cache")) and report["reference_cache"].endswith(
+        "16x16x3.npz") and os.path.exists(report["reference_cache"])
+    assert json.loads((tmp_path / "report.json").read_text())["fid"] == report["fid"]
 
 
 # -- the classifier ---------------------------------------------------------------------------------
@@ -309,8 +302,25 @@ def test_train_classifier_on_idx_files(idx_dir, tmp_path):
     assert sorted(p.name for p in (tmp_path / "classifier").iterdir()) == ["classifier.json", "classifier.keras"]
 
 
+def test_train_classifier_on_a_labelled_folder(tmp_path):
+    colours = {"blue": (30, 60, 220), "green": (40, 200, 60), "red": (220, 40, 40)}
+    folder = coloured_folder(tmp_path / "train", colours)
+    summary = evaluation.train_classifier(str(tmp_path / "classifier"), data_path=str(folder), test_fraction=0.25,
+                                          epochs=4, batch_size=15, verbose=0)
+    assert summary["dataset"] == "folder" and summary["class_names"] == ["blue", "green", "red"]
+    assert summary["num_train"] == 45 and summary["num_test"] == 15 and summary["image_shape"] == [12, 12, 3]
+    assert summary["test_accuracy"] >= 0.9  # plain colours; chance is 1/3
+    # A separate test folder must hold the same classes.
+    coloured_folder(tmp_path / "test", {"blue": (30, 60, 220), "red": (220, 40, 40)}, per_class=2)
+    with pytest.raises(ValueError, match=r"classes differ .*Received: test_path=.* with classes \('blue', 'red'\)"):
+        evaluation.train_classifier(str(tmp_path / "other"), data_path=str(folder), test_path=str(tmp_path / "test"))
+
+
 @pytest.mark.parametrize("argument, message", [
-    (dict(dataset="cifar10"), "Received: dataset='cifar10'"),
+    (dict(dataset="no_such_set"), "Received: dataset='no_such_set'"),
+    (dict(dataset="folder"), "dataset='folder' needs data_path. Received: data_path=None"),
+    (dict(data_path="/no/such/folder"), "Received: data_path='/no/such/folder'"),
+    (dict(test_fraction=1.0), "Received: test_fraction=1.0"),
     (dict(epochs=0), "Received: epochs=0"),
     (dict(learning_rate=0.0), "Received: learning_rate=0.0"),
     (dict(idx_dir="/no/such/dir"), "Received: idx_dir='/no/such/dir'"),
@@ -347,6 +357,26 @@ def test_evaluate_binary_missing_model_exits_1_naming_the_path(tmp_path):
     assert not (tmp_path / "r.json").exists()
 
 
+def test_evaluate_binary_feature_flags_reach_the_library(moons_workdir, tmp_path):
+    result = run_tool("evaluate.py", f"--model={moons_workdir}", "--features=classifier", f"--output={tmp_path / 'r.json'}")
+    assert result.returncode == 1 and len(error_lines(result)) == 1
+    assert "features='classifier' needs a classifier. Received: classifier=None" in error_lines(result)[0]
+
+
+@pytest.mark.slow  # ~50 s here: the binary builds Inception-V3 and embeds 12 + 8 images at 299×299
+def test_evaluate_binary_inception_report_against_a_folder(tmp_path, inception_weights):
+    folder = write_png_folder(tmp_path / "photos", np.random.default_rng(0).integers(0, 256, (12, 16, 16, 3),
+                                                                                     dtype=np.uint8))
+    output = tmp_path / "eval.json"
+    result = run_tool("evaluate.py", f"--model={tiny_rgb_model(tmp_path / 'model.keras')}", f"--data_path={folder}",
+                      f"--inception_weights={inception_weights}", f"--reference_cache_dir={tmp_path / 'cache'}",
+                      "--num_samples=8", "--num_steps=2", "--kid_subsets=2", f"--output={output}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    assert report["features"] == "inception" and report["dataset"] == "folder" and report["reference_num_images"] == 12
+    assert f'"precision": {report["precision"]!r}' in result.stdout and np.isfinite(report["fid"])
+
+
 def test_train_classifier_binary_end_to_end(idx_dir, tmp_path):
     result = run_tool("train_classifier.py", f"--workdir={tmp_path}", f"--idx_dir={idx_dir}", "--epochs=1",
                       "--batch_size=64")
@@ -357,9 +387,9 @@ def test_train_classifier_binary_end_to_end(idx_dir, tmp_path):
 
 
 def test_train_classifier_binary_bad_value_exits_1(tmp_path):
-    result = run_tool("train_classifier.py", f"--workdir={tmp_path}", "--dataset=cifar10")
+    result = run_tool("train_classifier.py", f"--workdir={tmp_path}", "--dataset=no_such_set")
     assert result.returncode == 1
-    assert len(error_lines(result)) == 1 and "Received: dataset='cifar10'" in error_lines(result)[0]
+    assert len(error_lines(result)) == 1 and "Received: dataset='no_such_set'" in error_lines(result)[0]
     assert not list(tmp_path.iterdir())
 
 

@@ -24,7 +24,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FLOORS = {
     "schedules": 0, "layers": 0, "data": 0, "config": 0, "optimizers": 0, "precision": 0,
-    "diffusion": 1,
+    "diffusion": 1, "analytic": 1,
     "samplers": 2, "metrics": 2, "plots": 2,
     "model": 3,
     "builders": 4, "checkpoints": 4, "features": 4, "evaluation": 4, "export": 4, "training": 4, "reports": 4,

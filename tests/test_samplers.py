@@ -422,7 +422,8 @@ def test_a_new_solver_is_a_step_function_and_a_registry_entry(monkeypatch):
     by_tensor = tf.function(lambda name: samplers.sample(analytic_denoise, DIFFUSION, (16, 1), sampler=name,
                                                          num_steps=7, seed=1))(tf.constant("euler"))
     np.testing.assert_array_equal(by_tensor.numpy(), got)
-    assert set(samplers.SAMPLERS) <= set(samplers.SOLVERS) and samplers.SAMPLERS == ("ddpm", "ddim", "dpmpp_2m")
+    assert set(samplers.SAMPLERS) <= set(samplers.SOLVERS)
+    assert samplers.SAMPLERS == ("ddpm", "ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "heun", "dpmpp_2m_sde")
 
 
 # -- pure step functions against hand formulas ----------------------------------------------------
@@ -515,3 +516,246 @@ def test_dpmpp_2m_second_order_step_and_final_step():
 def test_half_log_snr():
     assert samplers.half_log_snr(tf.constant(0.5, tf.float64)).numpy() == pytest.approx(0.0, abs=1e-15)
     assert samplers.half_log_snr(tf.constant(0.8, tf.float64)).numpy() == pytest.approx(math.log(2.0), rel=1e-12)
+
+
+# -- issue 14: spacings ------------------------------------------------------------------------------
+T_LONG = 1000
+ALPHA_BAR_LONG = np.cumprod(1.0 - schedules.make_betas("linear", T_LONG))
+
+
+def _expected_spacing(spacing, n, alpha_bar, top):
+    """The targets of each spacing mapped to integer t, written independently with NumPy's interp."""
+    lam = 0.5 * np.log(alpha_bar / (1.0 - alpha_bar))[: top + 1]  # decreasing in t
+    grid = np.arange(top + 1, dtype=np.float64)
+    if spacing == "uniform":
+        return np.round(np.linspace(top, 0, n))
+    if spacing == "quadratic":
+        return np.round(top * np.linspace(1.0, 0.0, n) ** 2)
+    if spacing == "logsnr":
+        targets = np.linspace(lam[top], lam[0], n)
+    else:  # Karras et al. 2022, eq. 5, on σ = e^{−λ}
+        sigma_max, sigma_min = np.exp(-lam[top]), np.exp(-lam[0])
+        targets = -np.log((sigma_max ** (1 / 7) + np.linspace(0, 1, n) * (sigma_min ** (1 / 7) - sigma_max ** (1 / 7))) ** 7)
+    return np.round(np.interp(targets, lam[::-1], grid[::-1]))
+
+
+@pytest.mark.parametrize("spacing", samplers.SPACINGS)
+@pytest.mark.parametrize("n,top", [(5, 999), (10, 999), (20, 999), (7, 300), (4, 40)])
+def test_spacings_place_their_targets_on_the_grid(spacing, n, top):
+    """Away from t = 0's crowding, every timestep is the nearest integer to the spacing's target."""
+    seq = samplers.timestep_sequence(n, T_LONG, spacing, ALPHA_BAR_LONG, max_timestep=top).numpy()
+    np.testing.assert_array_equal(seq, _expected_spacing(spacing, n, ALPHA_BAR_LONG, top).astype(np.int32))
+
+
+@pytest.mark.parametrize("spacing", samplers.SPACINGS)
+@pytest.mark.parametrize("n,T_,top", [(2, 1000, None), (50, 1000, None), (200, 1000, None), (999, 1000, None),
+                                      (1000, 1000, None), (400, 400, None), (3, 10, None), (10, 10, None),
+                                      (1, 10, None), (31, 1000, 30), (1, 1000, 0), (0, 1000, -1)])
+def test_every_spacing_is_distinct_decreasing_from_top_to_zero(spacing, n, T_, top):
+    alpha_bar = ALPHA_BAR_LONG if T_ == 1000 else np.cumprod(1.0 - schedules.make_betas("cosine", T_))
+    first = T_ - 1 if top is None else top
+    seq = samplers.timestep_sequence(n, T_, spacing, alpha_bar, max_timestep=top).numpy()
+    assert seq.dtype == np.int32 and seq.shape == (n,)
+    if n:  # one step is [first], straight into the data
+        assert seq[0] == first and seq[-1] == (0 if n > 1 else first) and np.all(np.diff(seq) < 0), seq
+    if n == first + 1:  # as many steps as timesteps: every t, whatever the spacing
+        np.testing.assert_array_equal(seq, np.arange(first, -1, -1))
+    by_tensor = samplers.timestep_sequence(tf.constant(n), T_, tf.constant(spacing), alpha_bar,
+                                           max_timestep=None if top is None else tf.constant(top))
+    np.testing.assert_array_equal(by_tensor.numpy(), seq)
+
+
+def test_logsnr_spacing_is_uniform_in_log_snr_and_karras_dense_near_the_data():
+    seq = samplers.timestep_sequence(12, T_LONG, "logsnr", ALPHA_BAR_LONG).numpy()
+    lam = 0.5 * np.log(ALPHA_BAR_LONG[seq] / (1.0 - ALPHA_BAR_LONG[seq]))
+    steps = np.diff(lam)
+    assert np.all(steps > 0) and steps.max() / steps.min() < 1.5, steps  # rounding to integers only
+    karras = samplers.timestep_sequence(12, T_LONG, "karras", ALPHA_BAR_LONG).numpy()
+    sigma = np.sqrt((1.0 - ALPHA_BAR_LONG[karras]) / ALPHA_BAR_LONG[karras])
+    ramp = np.diff(sigma ** (1 / 7))
+    np.testing.assert_allclose(ramp, ramp.mean(), rtol=0.2)  # σ^{1/ρ} uniform up to rounding
+
+
+def test_spacing_validation():
+    with pytest.raises(ValueError, match="Received: spacing='cosine'"):
+        samplers.timestep_sequence(5, T, "cosine", ALPHA_BAR)
+    with pytest.raises(ValueError, match="alphas_cumprod=None"):
+        samplers.timestep_sequence(5, T, "logsnr")
+    with pytest.raises(ValueError, match="Received: spacing='cosine'"):
+        samplers.sample(analytic_denoise, DIFFUSION, (2, 1), spacing="cosine")
+
+
+# -- issue 14: the new solvers' steps ---------------------------------------------------------------------
+def _lam(a):
+    return 0.5 * math.log(a / (1.0 - a))
+
+
+def _alpha_bar_at(lam):
+    return 1.0 / (1.0 + math.exp(-2.0 * lam))
+
+
+def _exact_integral_step(x_t, lam_t, lam_next, x0_of_lambda):
+    """x_next = (σ_n/σ_t) x_t + σ_n ∫ e^λ x̂_0(λ) dλ (Lu et al. 2022b, eq. 8) by scipy quadrature."""
+    import scipy.integrate
+
+    sigma = lambda lam: math.sqrt(1.0 - _alpha_bar_at(lam))  # noqa: E731
+    integral = scipy.integrate.quad(lambda lam: math.exp(lam) * x0_of_lambda(lam), lam_t, lam_next, epsabs=1e-13,
+                                    epsrel=1e-13)[0]
+    return sigma(lam_next) / sigma(lam_t) * x_t + sigma(lam_next) * integral
+
+
+def _f64(value):
+    return tf.constant(value, tf.float64)
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_dpmpp_3m_integrates_polynomials_of_its_order_exactly(order):
+    """Order p is exact when x̂_0(λ) is a polynomial of degree p − 1 (eq. 8's integral, by quadrature)."""
+    coefficients = (0.3, -0.7, 0.25)[:order]
+    x0_of = lambda lam: sum(c * lam**k for k, c in enumerate(coefficients))  # noqa: E731
+    lam_t, h, h_1, h_2 = -1.0, 0.9, 0.5, 1.3
+    x_t = np.array([[0.37], [-1.2]])
+    history = ((_f64(np.full((2, 1), x0_of(lam_t - h_1))), _f64(np.full((2, 1), x0_of(lam_t - h_1 - h_2)))),
+               (_f64(h_1), _f64(h_2)))
+    got, h_out = samplers.dpmpp_3m_step(_f64(x_t), _f64(np.full((2, 1), x0_of(lam_t))), history[0],
+                                        _f64(_alpha_bar_at(lam_t)), _f64(_alpha_bar_at(lam_t + h)), history[1],
+                                        tf.constant(order))
+    np.testing.assert_allclose(got.numpy(), _exact_integral_step(x_t, lam_t, lam_t + h, x0_of), rtol=0, atol=1e-12)
+    assert h_out.numpy() == pytest.approx(h, rel=1e-12)
+    if order == 3:  # one order less leaves an error
+        lower, _ = samplers.dpmpp_3m_step(_f64(x_t), _f64(np.full((2, 1), x0_of(lam_t))), history[0],
+                                          _f64(_alpha_bar_at(lam_t)), _f64(_alpha_bar_at(lam_t + h)), history[1],
+                                          tf.constant(2))
+        assert np.abs(lower.numpy() - _exact_integral_step(x_t, lam_t, lam_t + h, x0_of)).max() > 1e-3
+
+
+def test_unic_2_is_exact_for_quadratic_x0_and_its_weights_solve_r_rho_b():
+    x0_of = lambda lam: 0.3 - 0.7 * lam + 0.25 * lam**2  # noqa: E731
+    lam_base, h, h_1 = -0.5, 0.8, 0.6
+    x_base = np.array([[0.4]])
+    history = (_f64([[x0_of(lam_base)]]), _f64([[x0_of(lam_base - h_1)]]), _f64(_alpha_bar_at(lam_base)),
+               _f64(_alpha_bar_at(lam_base - h_1)))
+    corrected = samplers._unic_correct(_f64(x_base), _f64([[x0_of(lam_base + h)]]), history,
+                                       _f64(_alpha_bar_at(lam_base + h)), tf.constant(2))
+    np.testing.assert_allclose(corrected.numpy(), _exact_integral_step(x_base, lam_base, lam_base + h, x0_of), atol=1e-12)
+    # Zhao et al. 2023: R = [[1, 1], [r, 1]], b_k = k! g_k / B(ĥ) with ĥ = −h and B(ĥ) = e^ĥ − 1.
+    r = -h_1 / h
+    phi = math.expm1(-h)
+    g_1 = phi / -h - 1.0
+    g_2 = g_1 / -h - 0.5
+    rho = np.linalg.solve([[1.0, 1.0], [r, 1.0]], [g_1 / phi, 2.0 * g_2 / phi])
+    got = [v.numpy() for v in samplers.unipc_coefficients(_f64(h), _f64(r), tf.constant(2))]
+    np.testing.assert_allclose(got, rho, rtol=1e-12)
+    assert [v.numpy() for v in samplers.unipc_coefficients(_f64(h), _f64(r), tf.constant(1))] == [0.0, 0.5]
+
+
+def test_first_steps_of_the_lambda_solvers_are_ddim():
+    """With no history every data-prediction solver's first step is DDIM's (the exponential integrator of
+    constant x̂_0), and the step into the data returns x̂_0."""
+    x, eps, _ = _step_inputs(4)
+    t, t_prev = 300, 150
+    at, ap = _f64(ab(t)), _f64(ab(t_prev))
+    x0 = _x0(x, eps, ab(t))
+    ddim = samplers.ddim_step(x, x0, eps, at, ap, 0.0, tf.zeros_like(x0)).numpy()
+    zeros = tf.zeros_like(x0)
+    third, _ = samplers.dpmpp_3m_step(x, x0, (zeros, zeros), at, ap, (_f64(1.0), _f64(1.0)), tf.constant(1))
+    unipc, _ = samplers.unipc_step(x, x0, (zeros, zeros, zeros, _f64(0.5), _f64(0.5)), at, ap, tf.constant(0),
+                                   tf.constant(5))
+    heun, state = samplers.heun_step(x, x0, eps, at, ap, (zeros, zeros, _f64(0.5), tf.constant(False)))
+    for got in (third, unipc, heun):
+        np.testing.assert_allclose(got.numpy(), ddim, rtol=1e-5, atol=1e-5)
+    assert bool(state[3].numpy())  # the next call corrects
+    for step in (lambda a: samplers.dpmpp_3m_step(x, x0, (zeros, zeros), at, a, (_f64(0.3), _f64(0.2)), tf.constant(3)),
+                 lambda a: samplers.unipc_step(x, x0, (zeros, zeros, zeros, _f64(0.5), _f64(0.5)), at, a,
+                                               tf.constant(3), tf.constant(4)),
+                 lambda a: samplers.heun_step(x, x0, eps, at, a, (zeros, zeros, _f64(0.5), tf.constant(False)))):
+        np.testing.assert_array_equal(step(_f64(1.0))[0].numpy(), x0)
+
+
+def test_heun_corrector_is_the_trapezoid_in_sigma():
+    """Karras et al. 2022, Algorithm 1, line 8: x̄_{i+1} = x̄_i + (σ_{i+1} − σ_i)(d_i + d')/2, d = ε̂, x̄ = x/√ᾱ."""
+    x_i, eps_i, eps_new = _step_inputs(5)
+    x_pred = np.random.default_rng(6).normal(size=x_i.shape).astype(np.float32)  # the corrector ignores it
+    t_i, t_next = 250, 120
+    sigma = lambda a: math.sqrt((1 - a) / a)  # noqa: E731
+    expected = math.sqrt(ab(t_next)) * (x_i / math.sqrt(ab(t_i))
+                                        + (sigma(ab(t_next)) - sigma(ab(t_i))) * (eps_i.astype(np.float64) + eps_new) / 2)
+    state = (tf.constant(x_i), tf.constant(eps_i), _f64(ab(t_i)), tf.constant(True))
+    got, new_state = samplers.heun_step(x_pred, tf.zeros_like(x_pred), eps_new, _f64(ab(t_next)), _f64(ab(t_next)), state)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert not bool(new_state[3].numpy())
+
+
+def test_heun_evaluates_twice_per_step_but_the_last():
+    assert samplers.heun_timesteps(tf.constant([9, 5, 2, 0])).numpy().tolist() == [9, 5, 5, 2, 2, 0, 0]
+    for n in (1, 2, 5):
+        eps_fn = RecordingEps()
+        samplers.sample(eps_denoiser(lambda x, t, labels: eps_fn(x, t, tf.zeros(tf.shape(x)[:1], tf.int32))),
+                        DIFFUSION, (3, 1), sampler="heun", num_steps=n, seed=0)
+        assert len(eps_fn.calls) == samplers.network_evaluations("heun", n) == 2 * n - 1
+    assert samplers.network_evaluations("unipc", 7) == 7
+
+
+def test_sde_dpmpp_2m_first_step_is_ddpm_and_second_matches_the_formula():
+    x, eps, z = _step_inputs(7)
+    t, t_prev = 200, 120
+    a_t, a_p = ab(t), ab(t_prev)
+    at, ap = _f64(a_t), _f64(a_p)
+    x0 = _x0(x, eps, a_t)
+    first, h = samplers.dpmpp_2m_sde_step(x, x0, tf.zeros_like(x0), at, ap, _f64(1.0), True, z)
+    np.testing.assert_allclose(first.numpy(), samplers.ddpm_step(x, x0, eps, at, ap, z).numpy(), rtol=1e-4, atol=1e-4)
+    previous_x0, h_prev = np.random.default_rng(8).normal(size=x.shape), 0.6 * h.numpy()
+    r = h_prev / h.numpy()
+    D = (1 + 1 / (2 * r)) * x0.astype(np.float64) - 1 / (2 * r) * previous_x0
+    hh = h.numpy()
+    expected = (math.sqrt((1 - a_p) / (1 - a_t)) * math.exp(-hh) * x + math.sqrt(a_p) * (1 - math.exp(-2 * hh)) * D
+                + math.sqrt(1 - a_p) * math.sqrt(1 - math.exp(-2 * hh)) * z)
+    second, _ = samplers.dpmpp_2m_sde_step(x, x0, previous_x0.astype(np.float32), at, ap, _f64(h_prev), False, z)
+    np.testing.assert_allclose(second.numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+# -- issue 14: the new solvers end to end ------------------------------------------------------------
+@pytest.mark.parametrize("sampler,bound", [("dpmpp_3m", 0.003), ("unipc", 0.002), ("heun", 0.002),
+                                           ("dpmpp_2m_sde", 0.004)])
+def test_new_solvers_recover_the_gaussian(sampler, bound):
+    errors = []
+    for n in (20, 400):
+        x = run_sampler(sampler, n, seed=11)
+        assert abs(x.mean() - MU) < 0.01, (n, x.mean())
+        errors.append(abs(x.std() - S))
+    assert errors[1] < min(bound, errors[0]), errors
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp_2m", "dpmpp_3m", "unipc", "heun"])
+def test_ode_solvers_converge_on_logsnr_spacing(x_T, sampler):
+    """Against the exact probability-flow ODE solution: the error falls from 10 to 50 to 200 steps' worth of
+    evaluations (Heun: half the steps) and ends within the t = 0 → data step's floor."""
+    exact = exact_ode_solution(x_T)
+    errors = []
+    for nfe in (10, 50, 200):
+        n = (nfe + 1) // 2 if sampler == "heun" else nfe
+        errors.append(np.abs(run_sampler(sampler, n, x_T=x_T, spacing="logsnr") - exact).mean())
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-3, errors
+
+
+@pytest.mark.parametrize("sampler,eta", [("dpmpp_3m", 0.0), ("unipc", 0.0), ("heun", 0.0), ("dpmpp_2m_sde", 0.0)])
+@pytest.mark.parametrize("spacing", ["logsnr", "karras"])
+def test_new_solvers_same_seed_bitwise_eager_and_tf_function(sampler, eta, spacing):
+    kwargs = dict(sampler=sampler, num_steps=9, eta=eta, seed=5, spacing=spacing)
+    eager = samplers.sample(analytic_denoise, DIFFUSION, (64, 1), **kwargs).numpy()
+    graph = tf.function(lambda: samplers.sample(analytic_denoise, DIFFUSION, (64, 1), **kwargs))().numpy()
+    np.testing.assert_array_equal(eager, graph)
+    by_tensor = tf.function(lambda s, sp: samplers.sample(analytic_denoise, DIFFUSION, (64, 1), **{
+        **kwargs, "sampler": s, "spacing": sp}))(tf.constant(sampler), tf.constant(spacing)).numpy()
+    np.testing.assert_array_equal(by_tensor, eager)
+
+
+def test_sample_guides_the_denoiser_with_guidance_scale_and_null_label():
+    labels = tf.constant([1, 2, 3])
+    calls = RecordingEps()
+    guided = samplers.sample(eps_denoiser(calls), DIFFUSION, (3, 1), sampler="unipc", num_steps=4, seed=2, labels=labels,
+                             guidance_scale=2.0, null_label=NULL).numpy()
+    assert [c[0] for c in calls.calls] == [6] * 4  # one batched call per step
+    by_hand = samplers.sample(samplers.classifier_free_guidance(eps_denoiser(RecordingEps()), 2.0, NULL), DIFFUSION,
+                              (3, 1), sampler="unipc", num_steps=4, seed=2, labels=labels).numpy()
+    np.testing.assert_array_equal(guided, by_hand)

@@ -20,11 +20,15 @@ TensorFlow's native libraries log while they load, before their own log level ap
 two libraries prints the oneDNN notice and "Could not find cuda drivers", and the first device
 query logs `failed call to cuInit: … CUDA error` at ERROR level on any host without a GPU driver.
 `start_tensorflow` loads TensorFlow with the native stderr sent to a file, then passes every line on
-except the duplicates and that cuInit error, which it drops only when the same start-up reported
-that no CUDA driver exists. A real error during start-up is still printed.
+except the duplicates and that cuInit error, which it drops only when the host has no CUDA driver
+(TensorFlow said "Could not find cuda drivers", or libcuda cannot be loaded). A real error during
+start-up is still printed. Afterwards the INFO
+lines of TensorFlow's Python code are dropped; its warnings and errors, and tfdiffusion's own
+INFO lines, still show.
 """
 
 import contextlib
+import logging
 import os
 import re
 import sys
@@ -64,9 +68,29 @@ _NO_DRIVER = "Could not find cuda drivers"
 _CUINIT_FAILED = "failed call to cuInit"
 
 
-def filter_startup_lines(lines):
-    """The native start-up lines worth showing: no duplicates, no absl notice, no cuInit error without a driver."""
-    no_driver = any(_NO_DRIVER in line for line in lines)
+def cuda_driver_missing():
+    """True when the CUDA driver library cannot be loaded, so that cuInit can only fail."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return True
+    return False
+
+
+def filter_startup_lines(lines, driver_missing=None):
+    """The native start-up lines worth showing: no duplicates, no absl notice, no cuInit error without a driver.
+
+    Args:
+      lines: the lines TensorFlow's native libraries wrote to stderr.
+      driver_missing: whether the host has no CUDA driver; None decides from `lines` (TensorFlow says
+        "Could not find cuda drivers") or, when a cuInit error is there, by loading the driver library.
+    """
+    no_driver = driver_missing
+    if no_driver is None:
+        no_driver = any(_NO_DRIVER in line for line in lines) or (
+            any(_CUINIT_FAILED in line for line in lines) and cuda_driver_missing())
     seen = set()
     kept = []
     for line in lines:
@@ -110,6 +134,32 @@ def start_tensorflow(verbose=False):
         import tensorflow as tf
 
         tf.config.list_physical_devices()  # the first device query is what calls cuInit
+    if not verbose:
+        quiet_python_info_logs(os.path.dirname(tf.__file__))
+
+
+class _DropInfoFrom(logging.Filter):
+    """Drops records below WARNING logged from files under `directory`."""
+
+    def __init__(self, directory):
+        super().__init__()
+        self.directory = os.path.join(os.path.abspath(directory), "")
+
+    def filter(self, record):
+        return record.levelno >= logging.WARNING or not os.path.abspath(record.pathname).startswith(self.directory)
+
+
+def quiet_python_info_logs(directory):
+    """Hides the INFO lines TensorFlow's Python code logs (SavedModel renames, saver timings), keeping ours.
+
+    TensorFlow logs through absl's logger as tfdiffusion does, so the records are told apart by the
+    file they come from. Warnings and errors from `directory` still show.
+    """
+    for name in ("absl", "tensorflow"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropInfoFrom) and f.directory == os.path.join(os.path.abspath(directory), "")
+                   for f in logger.filters):
+            logger.addFilter(_DropInfoFrom(directory))
 
 
 # -- usage errors ------------------------------------------------------------------------------------------

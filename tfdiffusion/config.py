@@ -25,7 +25,8 @@ DATA_SOURCES = ("auto", "idx", "tfds", "folder")
 BAD_FILE_POLICIES = ("error", "skip")
 SPLITS = ("train", "test")
 LEARNING_RATE_SCHEDULES = ("constant", "cosine")
-SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp_2m")
+SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "heun", "dpmpp_2m_sde")
+SPACING_NAMES = ("uniform", "logsnr", "karras", "quadratic")
 JIT_SETTINGS = ("auto", True, False)
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 # Keys that may change between runs in one workdir without `allow_config_change`.
@@ -222,7 +223,7 @@ def _validate_sample(config):
     _check_int(config, "sample.seed", 0)
     _require(lambda: sample.num_steps <= config.diffusion.num_timesteps, "sample.num_steps", sample.num_steps,
              f"at most config.diffusion.num_timesteps={config.diffusion.num_timesteps} (0 for all)")
-    _check_one_of(config, "sample.sampler", SAMPLER_NAMES, "'ddpm', 'ddim' or 'dpmpp_2m'")
+    _check_one_of(config, "sample.sampler", SAMPLER_NAMES)
     _require(lambda: _is_number(sample.guidance_scale) and sample.guidance_scale >= 0, "sample.guidance_scale",
              sample.guidance_scale, "a finite number >= 0")
 

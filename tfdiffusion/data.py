@@ -802,7 +802,8 @@ def _resize_and_crop(image, size):
     image = tf.cond(tf.reduce_all(scaled == stored), lambda: image,
                     lambda: tf.image.resize(image, scaled, method="bilinear", antialias=True))
     top, left = (scaled[0] - height) // 2, (scaled[1] - width) // 2
-    return image[..., top:top + height, left:left + width, :]
+    cropped = image[..., top:top + height, left:left + width, :]
+    return tf.ensure_shape(cropped, image.shape[:-3].concatenate([height, width]).concatenate(image.shape[-1:]))
 
 
 def standardize_images(pixels, *, image_size=None, channels=0):
@@ -951,7 +952,9 @@ class EncodedImages:
         encoded = self.contents[index]
         if self.read_files:
             encoded = tf.io.read_file(encoded)
-        return decode_image(encoded, image_size=self.image_size, channels=self.channels)
+        # Also checks at run time that a file of the stored size has not changed since it was scanned.
+        return tf.ensure_shape(decode_image(encoded, image_size=self.image_size, channels=self.channels),
+                               self.element_shape)
 
     def batches(self, batch_size, *, seed=0, start_step=0, with_labels=True):
         """Endless batches [B, H, W, C] (with labels: (images, labels)); batch k a function of (seed, k)."""

@@ -3,10 +3,12 @@
     from tfdiffusion import evaluation
     report = evaluation.evaluate(model="runs/mnist", classifier="runs/classifier/classifier.keras",
                                  num_samples=10000, sampler="ddim", num_steps=50, output="runs/mnist/eval/ddim50.json")
+    report = evaluation.evaluate(model="runs/flowers", num_samples=10000, output="runs/flowers/eval.json")  # Inception
 
 `tools/evaluate.py` is this module's `evaluate` behind flags; `tools/train_classifier.py` is
 `train_classifier`; the quality benchmarks call `draw_samples`, `image_reference` and `image_report`.
-The maths (FID, KID, the classifier extras, energy distance, KS) is `tfdiffusion.metrics`.
+The maths (FID, KID, precision/recall, the classifier extras, energy distance, KS) is
+`tfdiffusion.metrics`; the feature extractors and the reference statistics are `tfdiffusion.features`.
 
 The protocol, stated once:
 
@@ -14,18 +16,22 @@ The protocol, stated once:
   `batch_seed(seed, i)`, from a workdir (its `model.keras`), a `model.keras` path, a workdir's
   checkpoint (EMA weights) or an exported SavedModel's `sample` signature. A class-conditional
   model is asked for labels that cycle 0, 1, …, K−1 over the sample index.
-* **Features.** A small CNN trained on the dataset (`layers.build_classifier`, trained by
-  `train_classifier`), not Inception: its 128-unit "features" layer (post-ReLU) is the embedding,
-  its logits give the classifier extras. Images in [0, 1] (or uint8) are *quantised to uint8
-  first* — round(x·255) — exactly like the dataset's own pixels, so that a model is not rewarded
-  or punished for sub-quantum noise; the classifier takes pixel values in [0, 255]. The network
-  always runs in inference mode (dropout off, batch-norm moving statistics).
+* **Features** (`tfdiffusion.features`): Inception-V3's 2048-d pool features — images quantised
+  to uint8, then resized to 299×299 bilinearly with antialiasing (clean-fid) — or, for MNIST-like
+  data, the 128-d "features" layer of a small CNN trained on the dataset (`train_classifier`),
+  whose logits also give the classifier extras. Quantising first — round(x·255), exactly like the
+  dataset's own pixels — means a model is neither rewarded nor punished for sub-quantum noise. The
+  networks always run in inference mode. `features="auto"` takes the classifier for 28×28×1
+  samples when one is given, else Inception.
 * **FID** on those features (float64 mean, unbiased covariance); biased upwards at small N, so
   compare numbers only at equal N (the report states N). **KID**: the unbiased MMD² with the
-  kernel (x·y/d + 1)³, mean and standard deviation over random subsets.
-* **Reference**: every image of one split of the real data (default: test), or its first
-  `reference_num_images`; statistics cached beside the classifier in an .npz keyed by the
-  classifier's weights and the images (`reference_statistics`).
+  kernel (x·y/d + 1)³, mean and standard deviation over random subsets. **Precision/recall**
+  (Kynkäänniemi et al. 2019): k = 3 nearest-neighbour manifolds of the reference and the samples.
+* **Reference**: the model's training source — its folder, its TFDS dataset (training split), or
+  for the array sets (MNIST, Fashion-MNIST, CIFAR-10) the test split — at the samples' size and
+  channels, resized as training resizes; or its first `reference_num_images`. Its statistics are
+  computed once and cached atomically (`features.reference_for`), keyed by the extractor and the
+  source: beside the classifier for classifier features, else in `features.default_cache_dir()`.
 * **Toys** (1-D/2-D data): the reference is `num_samples` fresh points of the toy dataset drawn
   with `reference_seed` (not the training data's seed); the report also gives the energy distance
   of a second fresh draw (the floor at this N) and of N(0, I) noise, and KS in 1-D.
@@ -34,7 +40,6 @@ Bad input raises `EvaluationError` (a ValueError) or FileNotFoundError with one 
 argument and the value received, before any sample is drawn.
 """
 
-import hashlib
 import os
 import re
 import time
@@ -45,16 +50,23 @@ import tensorflow as tf
 from absl import logging
 
 from tfdiffusion import builders, checkpoints, data, metrics, plots, samplers
-from tfdiffusion.layers.classifier import FEATURES_LAYER, build_classifier
+from tfdiffusion.features import (  # noqa: F401  (quantise_images, reference_statistics: re-exported)
+    ARRAY_DATASETS, FEATURE_KINDS, SOURCE_KEYS, FeatureExtractor, InceptionExtractor, check_tfds_name,
+    default_cache_dir, quantise_images, reference_for, reference_settings, reference_statistics)
+from tfdiffusion.layers.classifier import build_classifier
 from tfdiffusion.model import DiffusionModel
 
-IMAGE_DATASETS = ("mnist", "fashion_mnist")  # the 28×28 grey sets `build_classifier` is made for
 TOY_DATASETS = data.TOY_DATASET_NAMES
 CLASSIFIER_FILENAME = "classifier.keras"
 CONFIDENCE_THRESHOLD = 0.9
-IMAGE_PROTOCOL = ("features: classifier 'features' layer (128-d, inference mode) of uint8-quantised images; "
-                  "FID: float64 mean/unbiased covariance; KID: unbiased MMD², kernel (x·y/d+1)³, "
-                  "mean/std over subsets; reference: all images of the split (or the first reference_num_images)")
+PRECISION_RECALL_K = 3  # Kynkäänniemi et al. 2019
+FEATURES_PROTOCOL = {
+    "inception": "features: Inception-V3 pool (2048-d, inference mode) of uint8-quantised images resized to 299 "
+                 "by bilinear with antialiasing (clean-fid)",
+    "classifier": "features: classifier 'features' layer (128-d, inference mode) of uint8-quantised images"}
+IMAGE_PROTOCOL = ("FID: float64 mean/unbiased covariance; KID: unbiased MMD², kernel (x·y/d+1)³, mean/std over "
+                  "subsets; precision/recall: k=3 nearest-neighbour manifolds; reference: the training source's "
+                  "images at the samples' size (or the first reference_num_images)")
 TOY_PROTOCOL = ("energy distance 2E|X-Y| - E|X-X'| - E|Y-Y'| (all pairs) against fresh toy data; "
                 "floor: a second fresh draw; noise: N(0, I)")
 
@@ -277,182 +289,40 @@ def draw_samples(sample_fn, num_samples, *, batch_size=500, seed=0, verbose=Fals
 
 
 # ============================================================================================
-# The data: which dataset, and its real images
+# The reference: the model's training source, at the samples' size
 # ============================================================================================
-def _infer_dataset(dataset, workdir, sample_shape):
-    """`dataset`, or for "auto" the workdir's config.json data name, else a guess from the sample shape."""
-    if dataset != "auto":
-        return dataset
+def _training_data_section(workdir):
+    """The `data` section of a workdir's config.json (the training source), or {}."""
     if workdir and os.path.exists(os.path.join(workdir, "config.json")):
         config, _ = builders.read_workdir_config(workdir)
-        name = config.get("data", {}).get("name")
-        if name in IMAGE_DATASETS + TOY_DATASETS:
-            return name
+        return {key: value for key, value in dict(config.get("data", {})).items() if key in SOURCE_KEYS}
+    return {}
+
+
+def _infer_dataset(dataset, training, sample_shape, data_path=None):
+    """`dataset`, or for "auto": "folder" with data_path, else the training source, else a guess by shape."""
+    if dataset != "auto":
+        return dataset
+    if data_path or training.get("source") == "folder":
+        return "folder"
+    name = training.get("name")
+    if (training.get("source") == "tfds" and name) or name in ARRAY_DATASETS + TOY_DATASETS:
+        return name
     by_shape = {(1,): "gmm1d", (2,): "moons", (28, 28, 1): "mnist"}
     if tuple(sample_shape) in by_shape:
         return by_shape[tuple(sample_shape)]
-    raise EvaluationError(f"Cannot tell the dataset from samples of shape {tuple(sample_shape)}; pass dataset. "
-                          "Received: dataset='auto'")
-
-
-def reference_images(dataset, split="test", *, idx_dir=None, num_images=0):
-    """The reference images of an image dataset: uint8 [N, H, W, C], all of `split` or its first `num_images`.
-
-    Read by `data.load_arrays`: from the IDX files in `idx_dir`, else the local MNIST copy for mnist,
-    else TFDS.
-    """
-    images, _ = data.load_arrays(dataset, split, idx_dir=idx_dir or None, uint8=True)
-    return images[:num_images] if num_images else images
-
-
-# ============================================================================================
-# Features: the classifier's embedding of quantised images, and the cached reference statistics
-# ============================================================================================
-def quantise_images(images):
-    """Images in [0, 1] (float) or uint8 → uint8 [N, H, W, C] by round(x·255).
-
-    Floats may stray outside [0, 1] by at most 1e-3 (round-off) and are clipped; anything
-    further out raises (e.g. data still in the model's [−1, 1] space).
-    """
-    images = np.asarray(images)
-    if images.ndim == 3:
-        images = images[..., np.newaxis]
-    if images.ndim != 4:
-        raise ValueError(f"images must be [N, H, W] or [N, H, W, C]. Received: shape={images.shape}")
-    if images.dtype == np.uint8:
-        return images
-    if not np.issubdtype(images.dtype, np.floating) and not np.issubdtype(images.dtype, np.integer):
-        raise ValueError(f"images must be float in [0, 1] or uint8. Received: dtype={images.dtype}")
-    images = images.astype(np.float64)
-    if images.size:
-        low, high = float(np.min(images)), float(np.max(images))
-        if not (np.isfinite(low) and np.isfinite(high)) or low < -1e-3 or high > 1.0 + 1e-3:
-            raise ValueError(f"Float images must lie in [0, 1]. Received: values in [{low:.4g}, {high:.4g}]")
-    return np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-class FeatureExtractor:
-    """Classifier features and logits for FID/KID, always in inference mode.
-
-    Args:
-      classifier: a `keras.Model` from `layers.build_classifier` (or any model taking pixel values
-        in [0, 255] with a layer named `features_layer`), e.g.
-        `keras.saving.load_model("runs/classifier/classifier.keras")`.
-      features_layer: the name of the embedding layer.
-      batch_size: images per forward pass.
-
-    Call arguments:
-      images: [N, H, W(, C)] floats in [0, 1] or uint8. Quantised to uint8 first.
-      verbose: show a `keras.utils.Progbar`.
-
-    Returns:
-      (features float32 [N, 128], logits float32 [N, num_classes]).
-    """
-
-    def __init__(self, classifier, *, features_layer=FEATURES_LAYER, batch_size=500):
-        if not isinstance(classifier, keras.Model):
-            raise ValueError(f"classifier must be a keras.Model. Received: classifier={classifier!r}")
-        try:
-            features = classifier.get_layer(features_layer).output
-        except ValueError as error:
-            raise ValueError(f"The classifier has no layer named {features_layer!r}. Received: layers "
-                             f"{[layer.name for layer in classifier.layers]}") from error
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1. Received: batch_size={batch_size!r}")
-        self.classifier = classifier
-        self.batch_size = int(batch_size)
-        self.input_shape = tuple(classifier.inputs[0].shape[1:])
-        self._model = keras.Model(classifier.inputs, [features, classifier.outputs[0]])
-        self._forward = tf.function(lambda x: self._model(x, training=False), reduce_retracing=True)
-        self._fingerprint = None
-
-    @property
-    def fingerprint(self):
-        """A SHA-1 of the classifier's weights (names the feature space in caches)."""
-        if self._fingerprint is None:
-            digest = hashlib.sha1()
-            for weight in self.classifier.weights:
-                digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
-            self._fingerprint = digest.hexdigest()
-        return self._fingerprint
-
-    def __call__(self, images, *, verbose=False):
-        pixels = quantise_images(images)
-        if pixels.shape[1:] != self.input_shape:
-            raise ValueError(
-                f"The classifier takes images of shape {self.input_shape}. Received: images.shape={pixels.shape}")
-        n = len(pixels)
-        if n == 0:
-            raise ValueError(f"images is empty. Received: images.shape={pixels.shape}")
-        progbar = keras.utils.Progbar(n, unit_name="image") if verbose else None
-        features, logits = [], []
-        for start in range(0, n, self.batch_size):
-            batch = pixels[start:start + self.batch_size].astype(np.float32)
-            count = len(batch)
-            if count < self.batch_size and n > self.batch_size:  # pad: one traced shape
-                batch = np.concatenate([batch, np.zeros((self.batch_size - count,) + batch.shape[1:], np.float32)])
-            batch_features, batch_logits = self._forward(tf.constant(batch))
-            features.append(batch_features.numpy()[:count])
-            logits.append(batch_logits.numpy()[:count])
-            if progbar is not None:
-                progbar.add(count)
-        return np.concatenate(features).astype(np.float32), np.concatenate(logits).astype(np.float32)
-
-
-_STATISTICS = ("mu", "sigma", "features", "logits")
-
-
-def _read_cached_statistics(cache_path, key):
-    """The statistics cached at `cache_path` under `key`, or None (missing, stale, unreadable)."""
-    if cache_path is None or not os.path.exists(cache_path):
-        return None
-    try:
-        with np.load(cache_path) as cached:
-            if str(cached["key"]) == key:
-                return {name: cached[name] for name in _STATISTICS} | {"num_images": int(cached["num_images"])}
-    except (OSError, KeyError, ValueError):
-        pass  # unreadable or old-format cache: recompute
-    return None
-
-
-def reference_statistics(extractor, images, cache_path=None, *, verbose=False):
-    """Features and (μ, Σ) of a reference image set, cached in an .npz.
-
-    The cache is keyed by the classifier's weights and the quantised images: a stale file
-    (another classifier, other images) is recomputed and replaced (`checkpoints.atomic_path`).
-
-    Args:
-      extractor: a `FeatureExtractor`.
-      images: the reference images ([0, 1] floats or uint8), e.g. one whole dataset split.
-      cache_path: an .npz path (one per dataset split and classifier), or None.
-      verbose: progress bar while extracting.
-
-    Returns:
-      A dict with "mu" [d], "sigma" [d, d] (float64), "features" [N, d] and "logits" [N, K]
-      (float32, the features are what KID needs) and "num_images".
-    """
-    pixels = quantise_images(images)
-    key = f"{extractor.fingerprint}:{hashlib.sha1(np.ascontiguousarray(pixels).tobytes()).hexdigest()}"
-    cached = _read_cached_statistics(cache_path, key)
-    if cached is not None:
-        return cached
-    features, logits = extractor(pixels, verbose=verbose)
-    mu, sigma = metrics.feature_statistics(features)
-    stats = {"mu": mu, "sigma": sigma, "features": features, "logits": logits, "num_images": len(pixels)}
-    if cache_path is not None:
-        with checkpoints.atomic_path(cache_path) as temporary, open(temporary, "wb") as f:
-            np.savez(f, key=np.array(key), **stats)
-    return stats
+    raise EvaluationError(f"Cannot tell the dataset from samples of shape {tuple(sample_shape)}; pass dataset or "
+                          "data_path. Received: dataset='auto'")
 
 
 def image_reference(classifier, dataset="mnist", *, split="test", idx_dir=None, num_images=0, verbose=False):
-    """The feature extractor of a classifier.keras and the reference statistics of a dataset split.
+    """The `FeatureExtractor` of a classifier.keras and the reference statistics of an array set's split.
 
-    The statistics are cached beside the classifier in `reference_<dataset>_<split>[_<num_images>].npz`.
+    The statistics are cached beside the classifier (`reference_for`).
 
     Args:
       classifier: path of a classifier.keras (`train_classifier`).
-      dataset: an image dataset, one of `IMAGE_DATASETS`.
+      dataset: one of `ARRAY_DATASETS`.
       split: "test" or "train".
       idx_dir: IDX directory of the reference images (default: the local MNIST copy, else TFDS).
       num_images: use the first K images of the split (0: all).
@@ -461,59 +331,75 @@ def image_reference(classifier, dataset="mnist", *, split="test", idx_dir=None, 
     Returns:
       (`FeatureExtractor`, the `reference_statistics` dict).
     """
-    extractor = FeatureExtractor(keras.saving.load_model(classifier))
-    images = reference_images(dataset, split, idx_dir=idx_dir, num_images=num_images)
-    cache = os.path.join(os.path.dirname(os.path.abspath(classifier)),
-                         f"reference_{dataset}_{split}{f'_{num_images}' if num_images else ''}.npz")
-    if verbose:
-        logging.info("Reference statistics of %d %s/%s images (cache %s)", len(images), dataset, split, cache)
-    return extractor, reference_statistics(extractor, images, cache, verbose=verbose)
+    extractor = load_classifier_extractor(classifier)
+    settings = reference_settings(dataset, extractor.input_shape, split=split, idx_dir=idx_dir)
+    return extractor, reference_for(extractor, settings, cache_dir=os.path.dirname(os.path.abspath(classifier)),
+                                    num_images=num_images, verbose=verbose)
+
+
+def load_classifier_extractor(path):
+    """The `FeatureExtractor` of a classifier.keras (`train_classifier`)."""
+    try:
+        classifier = keras.saving.load_model(path)
+    except Exception as error:  # a damaged or foreign file
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise EvaluationError(f"Could not load the classifier ({first_line}). Received: classifier={path!r}") from error
+    return FeatureExtractor(classifier)
 
 
 # ============================================================================================
 # The reports
 # ============================================================================================
+def _classifier_extras(logits, requested_labels):
+    """What a classifier's logits say about the samples: confidence, classes, requested-class accuracy."""
+    num_classes = logits.shape[1]
+    extras = {"confident_fraction": metrics.confident_fraction(logits, CONFIDENCE_THRESHOLD),
+              "label_histogram": metrics.label_histogram(logits, num_classes).tolist()}
+    if requested_labels is not None:
+        overall, per_class = metrics.requested_label_accuracy(logits, requested_labels, num_classes)
+        extras |= {"requested_label_accuracy": overall, "requested_label_accuracy_per_class": per_class.tolist()}
+    return extras
+
+
 def image_report(samples, extractor, reference, *, kid_subsets=100, kid_subset_size=1000, seed=0,
-                 requested_labels=None, verbose=False):
-    """FID, KID and the classifier extras of image samples against reference statistics.
+                 requested_labels=None, classifier=None, verbose=False):
+    """FID, KID, precision/recall (and, with a classifier, its extras) of image samples against a reference.
 
     Args:
-      samples: images [N ≥ 2, H, W(, C)] in [0, 1] (or uint8).
-      extractor: a `FeatureExtractor`.
+      samples: images [N ≥ 4, H, W(, C)] in [0, 1] (or uint8).
+      extractor: a `FeatureExtractor` or `InceptionExtractor`.
       reference: `reference_statistics` of the real images under the same extractor.
       kid_subsets: KID subsets.
       kid_subset_size: KID subset size, capped at N and at the reference's size.
       seed: seed of the KID subsets.
       requested_labels: for a class-conditional model, the label each sample was asked for.
+      classifier: a `FeatureExtractor` whose logits give the extras when `extractor` has none.
       verbose: show progress while extracting features.
 
     Returns:
-      A dict: "fid", "kid_mean", "kid_std", "kid_subsets", "kid_subset_size", "confident_fraction",
-      "label_histogram", "reference_confident_fraction", "reference_num_images", "protocol", and
-      with `requested_labels` "requested_label_accuracy" and "requested_label_accuracy_per_class".
+      A dict: "fid", "kid_mean", "kid_std", "kid_subsets", "kid_subset_size", "precision",
+      "recall", "features", "reference_num_images", "protocol"; with classifier logits also
+      "confident_fraction", "label_histogram" (and "reference_confident_fraction" when the
+      features are the classifier's), with `requested_labels` "requested_label_accuracy" and
+      "requested_label_accuracy_per_class".
     """
     features, logits = extractor(samples, verbose=verbose)
     subset_size = min(kid_subset_size, len(features), len(reference["features"]))
     kid_mean, kid_std = metrics.kernel_inception_distance(features, reference["features"], num_subsets=kid_subsets,
                                                           subset_size=subset_size, seed=seed)
-    num_classes = logits.shape[1]
-    report = {}
-    if requested_labels is not None:
-        overall, per_class = metrics.requested_label_accuracy(logits, requested_labels, num_classes)
-        report = {"requested_label_accuracy": overall, "requested_label_accuracy_per_class": per_class.tolist()}
-    return report | {
-        "fid": metrics.frechet_distance_from_statistics(*metrics.feature_statistics(features), reference["mu"],
-                                                        reference["sigma"]),
-        "kid_mean": kid_mean,
-        "kid_std": kid_std,
-        "kid_subsets": kid_subsets,
-        "kid_subset_size": subset_size,
-        "confident_fraction": metrics.confident_fraction(logits, CONFIDENCE_THRESHOLD),
-        "label_histogram": metrics.label_histogram(logits, num_classes).tolist(),
-        "reference_confident_fraction": metrics.confident_fraction(reference["logits"], CONFIDENCE_THRESHOLD),
-        "reference_num_images": int(reference["num_images"]),
-        "protocol": IMAGE_PROTOCOL,
-    }
+    precision, recall = metrics.precision_recall(reference["features"], features, k=PRECISION_RECALL_K)
+    report = {"fid": metrics.frechet_distance_to_statistics(features, reference["mu"], reference["sigma"]),
+              "kid_mean": kid_mean, "kid_std": kid_std, "kid_subsets": kid_subsets, "kid_subset_size": subset_size,
+              "precision": precision, "recall": recall, "features": extractor.kind,
+              "reference_num_images": int(reference["num_images"]),
+              "protocol": f"{FEATURES_PROTOCOL[extractor.kind]}; {IMAGE_PROTOCOL}"}
+    if logits is None and classifier is not None:
+        logits = classifier(samples)[1]
+    if logits is not None:
+        report |= _classifier_extras(logits, requested_labels)
+    if reference.get("logits") is not None:
+        report["reference_confident_fraction"] = metrics.confident_fraction(reference["logits"], CONFIDENCE_THRESHOLD)
+    return report
 
 
 def toy_report(samples, dataset, reference_seed=12345):
@@ -549,8 +435,9 @@ def toy_report(samples, dataset, reference_seed=12345):
     return report, reference
 
 
-def _check_evaluate_arguments(*, classifier, dataset, idx_dir, num_samples, sampler, num_steps, eta, batch_size,
-                              reference_split, reference_num_images, kid_subsets, kid_subset_size, output):
+def _check_evaluate_arguments(*, features, classifier, inception_weights, dataset, data_path, idx_dir, num_samples,
+                              sampler, num_steps, eta, batch_size, reference_split, reference_num_images, kid_subsets,
+                              kid_subset_size, output):
     """`evaluate`'s checks of everything known before a model is loaded."""
     if output is not None and not output:
         raise EvaluationError(f"output must be a path or None. Received: output={output!r}")
@@ -562,39 +449,87 @@ def _check_evaluate_arguments(*, classifier, dataset, idx_dir, num_samples, samp
         raise EvaluationError(f"sampler must be one of {samplers.SAMPLERS}. Received: sampler={sampler!r}")
     if not 0.0 <= eta <= 1.0:
         raise EvaluationError(f"eta must be in [0, 1]. Received: eta={eta!r}")
-    if dataset not in ("auto",) + IMAGE_DATASETS + TOY_DATASETS:
-        raise EvaluationError(f"dataset must be 'auto' or one of {IMAGE_DATASETS + TOY_DATASETS}. "
-                              f"Received: dataset={dataset!r}")
-    if reference_split not in ("train", "test"):
-        raise EvaluationError(f"reference_split must be 'train' or 'test'. Received: reference_split={reference_split!r}")
-    if idx_dir and not os.path.isdir(idx_dir):
-        raise FileNotFoundError(f"idx_dir is not a directory. Received: idx_dir={idx_dir!r}")
+    if features not in ("auto",) + FEATURE_KINDS:
+        raise EvaluationError(f"features must be 'auto' or one of {FEATURE_KINDS}. Received: features={features!r}")
+    if features == "classifier" and not classifier:
+        raise EvaluationError(f"features='classifier' needs a classifier. Received: classifier={classifier!r}")
+    if dataset not in ("auto", "folder") + ARRAY_DATASETS + TOY_DATASETS:
+        check_tfds_name(dataset)
+    if dataset in ARRAY_DATASETS and reference_split not in (None, "train", "test"):
+        raise EvaluationError(f"reference_split of {dataset!r} must be 'train' or 'test'. "
+                              f"Received: reference_split={reference_split!r}")
+    for name, value in (("idx_dir", idx_dir), ("data_path", data_path)):
+        if value and not os.path.isdir(value):
+            raise FileNotFoundError(f"{name} is not a directory. Received: {name}={value!r}")
     if classifier and not os.path.isfile(classifier):
         raise FileNotFoundError(f"classifier does not exist. Received: classifier={classifier!r}")
+    if inception_weights not in (None, "imagenet") and not os.path.isfile(inception_weights):
+        raise FileNotFoundError(f"inception_weights does not exist. Received: inception_weights={inception_weights!r}")
 
 
-def _check_dataset_needs(dataset, classifier, num_samples):
-    if dataset in IMAGE_DATASETS and not classifier:
-        raise EvaluationError(f"classifier is required for the image dataset {dataset!r}. "
-                              f"Received: classifier={classifier!r}")
-    if dataset in IMAGE_DATASETS and num_samples < 2:
-        raise EvaluationError(f"FID needs num_samples >= 2. Received: num_samples={num_samples}")
+def prepare_image_evaluation(dataset, image_shape, *, features="auto", classifier=None, inception_weights="imagenet",
+                             training=None, data_path=None, split=None, idx_dir=None, data_dir=None, num_images=0,
+                             cache_dir=None, model_classes=None, verbose=False):
+    """The feature extractor, the reference statistics and the classifier for samples of `image_shape`.
+
+    Args:
+      dataset, training, data_path, split, idx_dir, data_dir: the reference (`reference_settings`).
+      image_shape: (H, W, C) (or (H, W)) of the samples.
+      features: "inception", "classifier" or "auto" (the classifier for 28×28×1 images when one is
+        given, else Inception).
+      classifier: a classifier.keras path; with Inception features its logits still give the extras.
+      inception_weights: see `features.load_inception`.
+      num_images: the reference's first K images only (0: all).
+      cache_dir: where reference statistics are cached (None: beside the classifier for classifier
+        features, else `default_cache_dir()`).
+      model_classes: the classes of a class-conditional model (the classifier must have as many), or None.
+      verbose: log and show progress.
+
+    Returns:
+      (extractor, `reference_for` statistics, the classifier's `FeatureExtractor` or None).
+    """
+    image_shape = tuple(int(d) for d in image_shape) + ((1,) if len(image_shape) == 2 else ())
+    if len(image_shape) != 3 or image_shape[-1] not in (1, 3):
+        raise EvaluationError(f"Image features need grey or RGB samples [H, W, 1 or 3]. Received: sample shape "
+                              f"{image_shape}")
+    judge = load_classifier_extractor(classifier) if classifier else None
+    if judge is not None and judge.input_shape != image_shape:
+        raise EvaluationError(f"The classifier takes images of shape {judge.input_shape} but the samples have "
+                              f"{image_shape}. Received: classifier={classifier!r}")
+    if judge is not None and model_classes is not None and judge.num_classes != model_classes:
+        raise EvaluationError(f"The classifier tells {judge.num_classes} classes apart but the model draws "
+                              f"{model_classes}. Received: classifier={classifier!r}")
+    if features == "auto":
+        features = "classifier" if judge is not None and image_shape == (28, 28, 1) else "inception"
+    if features == "classifier":
+        extractor, default_dir = judge, os.path.dirname(os.path.abspath(classifier))
+    else:
+        extractor, default_dir = InceptionExtractor(inception_weights), default_cache_dir()
+    settings = reference_settings(dataset, image_shape, training=training, data_path=data_path, split=split,
+                                  idx_dir=idx_dir, data_dir=data_dir)
+    reference = reference_for(extractor, settings, cache_dir=cache_dir or default_dir, num_images=num_images,
+                              verbose=verbose)
+    return extractor, reference | {"settings": settings}, judge
 
 
-def evaluate(*, model=None, saved_model=None, checkpoint_step=None, classifier=None, dataset="auto", idx_dir=None,
+def evaluate(*, model=None, saved_model=None, checkpoint_step=None, features="auto", classifier=None,
+             inception_weights="imagenet", dataset="auto", data_path=None, idx_dir=None, data_dir=None,
              num_samples=10000, sampler="ddim", num_steps=0, eta=0.0, guidance_scale=0.0, num_classes=10, seed=0,
-             batch_size=500, reference_split="test", reference_num_images=0, reference_seed=12345, kid_subsets=100,
-             kid_subset_size=1000, output=None, verbose=True):
+             batch_size=500, reference_split=None, reference_num_images=0, reference_cache_dir=None,
+             reference_seed=12345, kid_subsets=100, kid_subset_size=1000, output=None, verbose=True):
     """Draws samples from a model and reports their quality (the module docstring's protocol).
 
     Args:
       model, saved_model, checkpoint_step: the model (see `open_sampler`).
-      classifier: classifier.keras path (required for image datasets).
-      dataset: "auto" (the workdir's config.json, else the sample shape) or a dataset name.
-      idx_dir: IDX directory of the reference images.
+      features, classifier, inception_weights: the image features (see `prepare_image_evaluation`).
+      dataset: "auto" (the workdir's training source, else the sample shape), "folder", a toy, one
+        of `ARRAY_DATASETS` or a TFDS name.
+      data_path, idx_dir, data_dir: a folder of reference images (default for a folder-trained
+        workdir: its folder), the IDX and TFDS directories.
       num_samples, batch_size, seed: how many samples, per sampler call, and the run's seed.
       sampler, num_steps, eta, guidance_scale, num_classes: the sampling request.
-      reference_split, reference_num_images: the image reference (all of the split when 0).
+      reference_split, reference_num_images, reference_cache_dir: the image reference
+        (`reference_settings`; all images when 0) and its cache (`prepare_image_evaluation`).
       reference_seed: seed of the toy reference.
       kid_subsets, kid_subset_size: KID's subsets.
       output: where `write_report` writes the JSON report, with a picture of the samples beside it
@@ -606,41 +541,71 @@ def evaluate(*, model=None, saved_model=None, checkpoint_step=None, classifier=N
     """
     start = time.time()
     _check_evaluate_arguments(
-        classifier=classifier, dataset=dataset, idx_dir=idx_dir, num_samples=num_samples, sampler=sampler,
-        num_steps=num_steps, eta=eta, batch_size=batch_size, reference_split=reference_split,
-        reference_num_images=reference_num_images, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
-        output=output)
+        features=features, classifier=classifier, inception_weights=inception_weights, dataset=dataset,
+        data_path=data_path, idx_dir=idx_dir, num_samples=num_samples, sampler=sampler, num_steps=num_steps, eta=eta,
+        batch_size=batch_size, reference_split=reference_split, reference_num_images=reference_num_images,
+        kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, output=output)
     sample_fn = open_sampler(model=model, saved_model=saved_model, checkpoint_step=checkpoint_step, sampler=sampler,
                              num_steps=num_steps, eta=eta, guidance_scale=guidance_scale, num_classes=num_classes)
-    dataset = _infer_dataset(dataset, sample_fn.workdir, sample_fn.data_shape)
-    _check_dataset_needs(dataset, classifier, num_samples)
-    if verbose:
-        logging.info("Drawing %d samples (%s, %d steps) from %s", num_samples, sampler, sample_fn.num_steps,
-                     sample_fn.source)
-    sampling_start = time.time()
-    samples = draw_samples(sample_fn, num_samples, batch_size=batch_size, seed=seed, verbose=verbose)
-    report = {"dataset": dataset, "model": sample_fn.source, "model_format": sample_fn.model_format,
-              "num_samples": num_samples, "sampler": sampler, "num_steps": int(sample_fn.num_steps), "eta": eta,
-              "guidance_scale": guidance_scale, "seed": seed, "batch_size": batch_size,
-              "sampling_seconds": time.time() - sampling_start}
+    training = _training_data_section(sample_fn.workdir)
+    dataset = _infer_dataset(dataset, training, sample_fn.data_shape, data_path)
+    image = None
+    if dataset not in TOY_DATASETS:  # the reference first: a missing folder or weights fail before sampling
+        _check_integer("num_samples", num_samples, PRECISION_RECALL_K + 1)
+        image = prepare_image_evaluation(
+            dataset, sample_fn.data_shape, features=features, classifier=classifier,
+            inception_weights=inception_weights, training=training, data_path=data_path, split=reference_split,
+            idx_dir=idx_dir, data_dir=data_dir, num_images=reference_num_images, cache_dir=reference_cache_dir,
+            model_classes=sample_fn.num_classes if sample_fn.model_format == "keras" else None, verbose=verbose)
+    samples, report = _draw_and_record(sample_fn, dataset, num_samples, batch_size=batch_size, seed=seed, eta=eta,
+                                       guidance_scale=guidance_scale, verbose=verbose)
     toy_reference = None
-    if dataset in TOY_DATASETS:
+    if image is None:
         quality, toy_reference = toy_report(samples, dataset, reference_seed)
     else:
-        extractor, reference = image_reference(classifier, dataset, split=reference_split, idx_dir=idx_dir,
-                                               num_images=reference_num_images, verbose=verbose)
-        quality = image_report(samples, extractor, reference, kid_subsets=kid_subsets,
-                               kid_subset_size=kid_subset_size, seed=seed, verbose=verbose,
-                               requested_labels=sample_fn.requested_labels(0, num_samples))
-        quality |= {"classifier": os.path.abspath(classifier), "reference_split": reference_split}
-    report.update(quality)
+        quality = _image_quality(samples, image, sample_fn, classifier=classifier, kid_subsets=kid_subsets,
+                                 kid_subset_size=kid_subset_size, seed=seed, verbose=verbose)
+    return _finish_report(report | quality, samples, output, toy_reference, start)
+
+
+def _draw_and_record(sample_fn, dataset, num_samples, *, batch_size, seed, eta, guidance_scale, verbose):
+    """(`draw_samples`, the report's record of how they were drawn)."""
+    if verbose:
+        logging.info("Drawing %d samples (%s, %d steps) from %s", num_samples, sample_fn.sampler,
+                     sample_fn.num_steps, sample_fn.source)
+    start = time.time()
+    samples = draw_samples(sample_fn, num_samples, batch_size=batch_size, seed=seed, verbose=verbose)
+    return samples, {"dataset": dataset, "model": sample_fn.source, "model_format": sample_fn.model_format,
+                     "num_samples": num_samples, "sampler": sample_fn.sampler, "num_steps": int(sample_fn.num_steps),
+                     "eta": eta, "guidance_scale": guidance_scale, "seed": seed, "batch_size": batch_size,
+                     "sampling_seconds": time.time() - start}
+
+
+def _finish_report(report, samples, output, toy_reference, start):
+    """The report with its picture (beside `output`) and total seconds, written to `output` when given."""
     if output is not None:
-        report["picture"] = _save_picture(samples, output, f"{dataset}: {sampler}, {sample_fn.num_steps} steps",
-                                          toy_reference)
+        title = f"{report['dataset']}: {report['sampler']}, {report['num_steps']} steps"
+        report["picture"] = _save_picture(samples, output, title, toy_reference)
     report["seconds"] = time.time() - start
     if output is not None:
         write_report(output, report)
     return report
+
+
+def _image_quality(samples, image, sample_fn, *, classifier, kid_subsets, kid_subset_size, seed, verbose):
+    """`image_report` of the samples, with what the reference was."""
+    extractor, reference, judge = image
+    quality = image_report(samples, extractor, reference, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
+                           seed=seed, verbose=verbose, classifier=judge,
+                           requested_labels=sample_fn.requested_labels(0, len(samples)))
+    settings = reference["settings"]
+    described = {key: value for key, value in settings.items() if key in ("source", "name", "split", "path")}
+    quality |= {"reference": described, "reference_split": settings.get("split"), "reference_cache": reference["cache"]}
+    if classifier:
+        quality["classifier"] = os.path.abspath(classifier)
+    if extractor.kind == "inception":
+        quality["inception_weights"] = extractor.weights
+    return quality
 
 
 def _save_picture(samples, output, title, toy_reference):
@@ -662,51 +627,128 @@ def write_report(path, report):
 # ============================================================================================
 # The classifier behind the features
 # ============================================================================================
-def train_classifier(workdir, dataset="mnist", *, idx_dir=None, epochs=2, batch_size=128, learning_rate=1e-3,
-                     seed=0, verbose=2):
-    """Trains, tests and saves the feature classifier (`layers.build_classifier`).
+def _held_out(source, fraction, seed):
+    """(train, test): a seeded random `fraction` of a labelled source's examples held out for testing."""
+    n = source.num_examples
+    num_test = int(round(n * fraction))
+    if not 1 <= num_test < n:
+        raise EvaluationError(f"test_fraction leaves no test or no training example of the {n} images. "
+                              f"Received: test_fraction={fraction!r}")
+    order = np.random.default_rng(seed).permutation(n)
+    parts = []
+    for indices in (np.sort(order[num_test:]), np.sort(order[:num_test])):
+        if isinstance(source, data.EncodedImages):
+            parts.append(data.EncodedImages(
+                source.contents.numpy()[indices], source.labels[indices], read_files=source.read_files,
+                image_size=source.image_size, channels=source.channels, class_names=source.class_names,
+                description=f"{len(indices)} of {source.description}"))
+        else:
+            parts.append(data.ArrayData(source.x[indices], source.labels[indices], class_names=source.class_names))
+    return tuple(parts)
 
-    The training images are uint8, quantised exactly as `FeatureExtractor` quantises generated
-    images; the test accuracy is measured as the extractor sees it (inference mode, uint8 pixels).
 
-    Args:
-      workdir: where `classifier.keras` and `classifier.json` go (both written atomically).
-      dataset: one of `IMAGE_DATASETS`.
-      idx_dir: IDX directory of the images (default: the local MNIST copy for mnist, else TFDS).
-      epochs, batch_size, learning_rate: Adam training (batch_size ≤ the training set's size).
-      seed: seed of the initialisation, dropout and data order.
-      verbose: `keras.Model.fit`'s verbosity.
+def labelled_sources(dataset="mnist", *, data_path=None, test_path=None, split="train", test_split="test",
+                     test_fraction=0.1, idx_dir=None, data_dir=None, image_size=0, channels=0, seed=0):
+    """(train, test) labelled image sources (`data.training_data` objects) for `train_classifier`.
 
-    Returns:
-      The summary dict written to classifier.json (test accuracy, seconds, sizes, path).
+    - `data_path` (or dataset "folder"): a folder whose first-level subfolders are the classes;
+      the test set is `test_path` (a folder with the same classes) or a held-out `test_fraction`.
+    - one of `ARRAY_DATASETS`: its `split` and `test_split`, read whole (IDX files or TFDS).
+    - any other name: that TFDS dataset's `split` and `test_split` (e.g. "train[:90%]", "train[90%:]").
+
+    The test set takes the training set's size and channels.
     """
-    if dataset not in IMAGE_DATASETS:
-        raise EvaluationError(f"dataset must be one of {IMAGE_DATASETS}. Received: dataset={dataset!r}")
+    resize = {"image_size": image_size, "channels": channels}
+    if data_path or dataset == "folder":
+        train = data.training_data(source="folder", path=data_path or "", class_subfolders=True, **resize)
+        same = {"image_size": train.element_shape[:2], "channels": train.element_shape[2]}
+        if not test_path:
+            return _held_out(train, test_fraction, seed)
+        test = data.training_data(source="folder", path=test_path, class_subfolders=True, **same)
+        if test.class_names != train.class_names:
+            raise EvaluationError(f"The test folder's classes differ from the training folder's {train.class_names}. "
+                                  f"Received: test_path={test_path!r} with classes {test.class_names}")
+        return train, test
+    where = ({"source": "auto", "idx_dir": idx_dir or "", "data_dir": data_dir or ""} if dataset in ARRAY_DATASETS
+             else {"source": "tfds", "data_dir": data_dir or ""})
+    train = data.training_data(dataset, split, **where, **resize)
+    if train.labels is None:
+        raise EvaluationError(f"The dataset has no class labels to train a classifier on. Received: dataset={dataset!r}")
+    same = {"image_size": train.element_shape[:2], "channels": train.element_shape[2]}
+    return train, data.training_data(dataset, test_split, **where, **same)
+
+
+def _as_pixels(images, labels):
+    """[−1, 1] images → the uint8 pixel values (as float32) the classifier sees, exactly as `FeatureExtractor`."""
+    return tf.round((images + 1.0) * 127.5), labels
+
+
+def _check_train_classifier_arguments(dataset, data_path, test_path, idx_dir, epochs, batch_size, learning_rate,
+                                      test_fraction):
     _check_integer("epochs", epochs, 1)
     _check_integer("batch_size", batch_size, 1)
     if not learning_rate > 0:
         raise EvaluationError(f"learning_rate must be > 0. Received: learning_rate={learning_rate!r}")
-    if idx_dir and not os.path.isdir(idx_dir):
-        raise FileNotFoundError(f"idx_dir is not a directory. Received: idx_dir={idx_dir!r}")
+    if not 0.0 < test_fraction < 1.0:
+        raise EvaluationError(f"test_fraction must be in (0, 1). Received: test_fraction={test_fraction!r}")
+    for name, value in (("idx_dir", idx_dir), ("data_path", data_path), ("test_path", test_path)):
+        if value and not os.path.isdir(value):
+            raise FileNotFoundError(f"{name} is not a directory. Received: {name}={value!r}")
+    if dataset == "folder" and not data_path:
+        raise EvaluationError(f"dataset='folder' needs data_path. Received: data_path={data_path!r}")
+    if not data_path and dataset not in ("folder",) + ARRAY_DATASETS:
+        check_tfds_name(dataset)
+
+
+def train_classifier(workdir, dataset="mnist", *, data_path=None, test_path=None, split="train", test_split="test",
+                     test_fraction=0.1, idx_dir=None, data_dir=None, image_size=0, channels=0, epochs=2, batch_size=128,
+                     learning_rate=1e-3, seed=0, verbose=2):
+    """Trains, tests and saves a classifier (`layers.build_classifier`) on any labelled image source.
+
+    The training images are the uint8 pixels the source yields, quantised exactly as
+    `FeatureExtractor` quantises generated images; the test accuracy is measured as the extractor
+    sees it (inference mode, uint8 pixels). Batch k of training is a function of (seed, k).
+
+    Args:
+      workdir: where `classifier.keras` and `classifier.json` go (both written atomically).
+      dataset, data_path, test_path, split, test_split, test_fraction, idx_dir, data_dir: the data
+        (`labelled_sources`).
+      image_size, channels: resize (shorter side, centre crop) and convert the images (0: as stored).
+      epochs, batch_size, learning_rate: Adam training (batch_size ≤ the training set's size).
+      seed: seed of the initialisation, dropout, data order and held-out split.
+      verbose: `keras.Model.fit`'s verbosity.
+
+    Returns:
+      The summary dict written to classifier.json (test accuracy, class names, seconds, sizes, path).
+    """
+    _check_train_classifier_arguments(dataset, data_path, test_path, idx_dir, epochs, batch_size, learning_rate,
+                                      test_fraction)
     keras.utils.set_random_seed(seed)
-    x_train, y_train = data.load_arrays(dataset, "train", idx_dir=idx_dir or None, uint8=True)
-    x_test, y_test = data.load_arrays(dataset, "test", idx_dir=idx_dir or None, uint8=True)
-    if batch_size > len(x_train):
-        raise EvaluationError(f"batch_size must be <= the training set size {len(x_train)}. "
+    train, test = labelled_sources(dataset, data_path=data_path, test_path=test_path, split=split,
+                                   test_split=test_split, test_fraction=test_fraction, idx_dir=idx_dir,
+                                   data_dir=data_dir, image_size=image_size, channels=channels, seed=seed)
+    if batch_size > train.num_examples:
+        raise EvaluationError(f"batch_size must be <= the training set size {train.num_examples}. "
                               f"Received: batch_size={batch_size}")
-    classifier = build_classifier(x_train.shape[1:], int(y_train.max()) + 1)
+    class_names = train.class_names
+    num_classes = len(class_names) if class_names else int(max(train.labels.max(), test.labels.max())) + 1
+    classifier = build_classifier(train.element_shape, num_classes)
     classifier.compile(optimizer=keras.optimizers.Adam(learning_rate),
                        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     start = time.time()
-    classifier.fit(x_train.astype(np.float32), y_train, batch_size=batch_size, epochs=epochs, verbose=verbose,
-                   shuffle=True)
+    classifier.fit(train.batches(batch_size, seed=seed).map(_as_pixels), epochs=epochs, verbose=verbose,
+                   steps_per_epoch=-(-train.num_examples // batch_size), shuffle=False)  # (already permuted)
     seconds = time.time() - start
-    _, logits = FeatureExtractor(classifier)(x_test)
+    extractor, hits = FeatureExtractor(classifier), 0
+    for images, labels in test.examples(500).as_numpy_iterator():
+        hits += int(np.sum(np.argmax(extractor((images + 1.0) / 2.0)[1], axis=1) == labels))
     path = os.path.join(workdir, CLASSIFIER_FILENAME)
     with checkpoints.atomic_path(path) as temporary:
         classifier.save(temporary)
-    summary = {"dataset": dataset, "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
-               "seed": seed, "test_accuracy": float(np.mean(np.argmax(logits, axis=1) == y_test)),
-               "train_seconds": seconds, "num_train": len(x_train), "num_test": len(x_test), "classifier": path}
+    summary = {"dataset": "folder" if data_path else dataset, "data_path": data_path, "image_shape":
+               list(train.element_shape), "class_names": list(class_names) if class_names else None,
+               "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed,
+               "test_accuracy": hits / test.num_examples, "train_seconds": seconds, "num_train": train.num_examples,
+               "num_test": test.num_examples, "classifier": path}
     checkpoints.atomic_write_json(os.path.join(workdir, "classifier.json"), summary)
     return summary

@@ -33,6 +33,7 @@ import os
 import re
 
 import keras
+import numpy as np
 import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
@@ -42,7 +43,9 @@ from tfdiffusion.checkpoints import atomic_path, atomic_write_text
 from tfdiffusion.model import DiffusionModel
 
 SAMPLE_SIGNATURE = "sample"
+EDIT_SIGNATURE = "edit"
 DENOISE_SIGNATURE = "denoise"
+LIMITS_SIGNATURE = "limits"
 DEFAULT_SIGNATURE = "serving_default"
 MODEL_CONFIG_FILE = "models.config"
 
@@ -66,7 +69,7 @@ def _assert(condition, template, *values):
 
 
 def sample_checks(num_timesteps, *, sampler, num_steps, eta, num_samples, guidance_scale=None, labels=None,
-                  null_label=None, max_num_samples=None):
+                  null_label=None, max_num_samples=None, spacing=None):
     """Assertions on a `sample` request (InvalidArgumentError naming the argument), as a list of ops.
 
     `samplers.validate_request`'s checks for run-time values, plus the request's shape: num_samples
@@ -81,6 +84,10 @@ def sample_checks(num_timesteps, *, sampler, num_steps, eta, num_samples, guidan
         _assert(tf.logical_and(eta >= 0.0, eta <= 1.0), "eta must be in [0, 1]. Received: eta={}", eta),
         _assert(num_samples >= 1, "num_samples must be >= 1. Received: num_samples={}", num_samples),
     ]
+    if spacing is not None:
+        spacings = tf.constant(list(samplers.SPACINGS))
+        checks.append(_assert(tf.reduce_any(tf.equal(spacing, spacings)),
+                              "Unknown spacing. Expected one of {}. Received: spacing={}", spacings, spacing))
     if max_num_samples is not None:
         checks.append(_assert(num_samples <= max_num_samples,
                               f"num_samples must be <= {max_num_samples}. Received: num_samples={{}}", num_samples))
@@ -95,6 +102,50 @@ def sample_checks(num_timesteps, *, sampler, num_steps, eta, num_samples, guidan
                     "labels must hold num_samples={} values. Received: labels={}", num_samples, labels),
         ]
     return checks
+
+
+def _has_shape(tensor, expected):
+    """Whether `tensor` has the shape `expected` (a list of ints, None for any), whatever its rank."""
+    shape = tf.shape(tensor)
+
+    def same():
+        return tf.reduce_all([tf.equal(shape[i], d) for i, d in enumerate(expected) if d is not None])
+
+    return tf.cond(tf.equal(tf.size(shape), len(expected)), same, lambda: tf.constant(False))
+
+
+def _chained(*builders):
+    """The assertions `builders` make, each created after the one before, so the first failure is reported."""
+    checks = []
+    for build in builders:
+        with tf.control_dependencies(checks[-1:]):
+            checks.append(build())
+    return checks
+
+
+def edit_checks(data_shape, *, images, mask, strength, num_samples):
+    """Assertions on an `edit` request's images [N, *data_shape], mask [N, *data_shape[:-1], 1] in {0, 1},
+    strength in [0, 1] and num_samples = N, in this order, as a list of ops (InvalidArgumentError naming
+    the input)."""
+    image_shape, mask_shape = [None] + list(data_shape), [None] + list(data_shape[:-1]) + [1]
+    image_text, mask_text = (f"[N, {', '.join(str(d) for d in shape[1:])}]" for shape in (image_shape, mask_shape))
+    rows = tf.shape(images)[:1]
+    return _chained(
+        lambda: _assert(_has_shape(images, image_shape),
+                        f"images must have shape {image_text}. Received: images of shape {{}}", tf.shape(images)),
+        lambda: _assert(tf.reduce_all(tf.math.is_finite(images)), "images must be finite. Received: images with NaN "
+                        "or inf"),
+        lambda: _assert(tf.logical_and(_has_shape(mask, mask_shape), tf.reduce_all(tf.equal(tf.shape(mask)[:1], rows))),
+                        f"mask must have shape {mask_text}, one per image. Received: mask of shape {{}}",
+                        tf.shape(mask)),
+        lambda: _assert(tf.reduce_all(tf.logical_or(tf.equal(mask, 0.0), tf.equal(mask, 1.0))),
+                        "mask must hold only 0 (generate) and 1 (keep). Received: mask values {}",
+                        tf.unique(tf.reshape(mask, [-1]))[0][:5]),
+        lambda: _assert(tf.logical_and(strength >= 0.0, strength <= 1.0),
+                        "strength must be in [0, 1]. Received: strength={}", strength),
+        lambda: _assert(tf.reduce_all(tf.equal(num_samples, rows)),
+                        "num_samples must equal the number of images, {}. Received: num_samples={}", rows, num_samples),
+    )
 
 
 def denoise_checks(num_timesteps, *, x_t, t, labels=None, null_label=None):
@@ -116,31 +167,58 @@ def denoise_checks(num_timesteps, *, x_t, t, labels=None, null_label=None):
 
 
 # -- the signatures ---------------------------------------------------------------------------
+def _request(model, *, seed, num_steps, sampler, eta, guidance_scale, labels, spacing):
+    """The `sample`/`edit` inputs as `DiffusionModel.sample_data_space` arguments (labels only when conditional)."""
+    conditional = model.num_classes is not None
+    return dict(seed=tf.identity(seed), sampler=tf.identity(sampler), spacing=tf.identity(spacing),
+                num_steps=tf.identity(num_steps), eta=tf.identity(eta),
+                labels=tf.identity(labels) if conditional else None,
+                guidance_scale=tf.identity(guidance_scale) if conditional else None)
+
+
+def _checks(model, max_num_samples, *, seed, num_samples, num_steps, sampler, eta, guidance_scale, labels, spacing):
+    del seed  # any int64 is a seed
+    conditional = model.num_classes is not None
+    return sample_checks(model.diffusion.num_timesteps, sampler=sampler, num_steps=num_steps, eta=eta,
+                         num_samples=num_samples, guidance_scale=guidance_scale if conditional else None,
+                         labels=labels if conditional else None, null_label=model.num_classes,
+                         max_num_samples=max_num_samples, spacing=spacing)
+
+
 def _sample_function(model, max_num_samples):
     """The `sample` signature's function (plain graph, no XLA)."""
-    conditional = model.num_classes is not None
 
-    def sample(seed, num_samples, num_steps, sampler, eta, guidance_scale, labels):
-        checks = sample_checks(model.diffusion.num_timesteps, sampler=sampler, num_steps=num_steps, eta=eta,
-                               num_samples=num_samples, guidance_scale=guidance_scale if conditional else None,
-                               labels=labels if conditional else None, null_label=model.num_classes,
-                               max_num_samples=max_num_samples)
+    def sample(seed, num_samples, num_steps, sampler, eta, guidance_scale, labels, spacing):
+        request = dict(seed=seed, num_steps=num_steps, sampler=sampler, eta=eta, guidance_scale=guidance_scale,
+                       labels=labels, spacing=spacing)
         # Every op of the sampler is created under the checks, so a bad request fails before it
         # reaches a shape or a gather (e.g. linspace with num_steps = 0) with a message that
         # does not name the argument.
-        with tf.control_dependencies(checks):
-            x0 = model.sample_model_space(
-                tf.identity(num_samples),
-                seed=tf.identity(seed),
-                sampler=tf.identity(sampler),
-                num_steps=tf.identity(num_steps),
-                eta=tf.identity(eta),
-                labels=tf.identity(labels) if conditional else None,
-                guidance_scale=tf.identity(guidance_scale) if conditional else None,
-            )
-            return {"samples": tf.identity(model.to_data_space(x0), name="samples")}
+        with tf.control_dependencies(_checks(model, max_num_samples, num_samples=num_samples, **request)):
+            samples = model.sample_data_space(tf.identity(num_samples), **_request(model, **request))
+            return {"samples": tf.identity(samples, name="samples")}
 
     return sample
+
+
+def _edit_function(model, max_num_samples):
+    """The `edit` signature's function: image-to-image and inpainting of data-space images."""
+    data_shape = tuple(model.data_shape)
+
+    def edit(images, mask, strength, seed, num_samples, num_steps, sampler, eta, guidance_scale, labels, spacing):
+        request = dict(seed=seed, num_steps=num_steps, sampler=sampler, eta=eta, guidance_scale=guidance_scale,
+                       labels=labels, spacing=spacing)
+        checks = _checks(model, max_num_samples, num_samples=num_samples, **request)
+        checks += edit_checks(data_shape, images=images, mask=mask, strength=strength, num_samples=num_samples)
+        with tf.control_dependencies(checks):
+            # Any rank is accepted (and named when wrong); past the checks the shapes are the model's.
+            images = tf.reshape(images, (-1,) + data_shape)
+            mask = tf.reshape(mask, (-1,) + data_shape[:-1] + (1,))
+            samples = model.sample_data_space(tf.identity(num_samples), init_images=images, strength=tf.identity(strength),
+                                              mask=mask, **_request(model, **request))
+            return {"samples": tf.identity(samples, name="samples")}
+
+    return edit
 
 
 def _denoise_function(model):
@@ -157,23 +235,52 @@ def _denoise_function(model):
     return denoise
 
 
+def model_limits(model, max_num_samples=None):
+    """The request limits of an export of `model`, as the `limits` signature returns them (NumPy values)."""
+    return {"num_timesteps": np.int32(model.diffusion.num_timesteps),
+            "num_classes": np.int32(model.num_classes or 0),
+            "data_shape": np.asarray(model.data_shape, np.int32),
+            "data_range": np.asarray(model.data_range or (), np.float32),
+            "max_num_samples": np.int32(max_num_samples or 0),
+            "samplers": np.asarray(samplers.SAMPLERS, object),
+            "spacings": np.asarray(samplers.SPACINGS, object)}
+
+
+def _limits_function(model, max_num_samples):
+    """The `limits` signature's function: no inputs, the model's request limits as constants."""
+    limits = model_limits(model, max_num_samples)
+
+    def read_limits():
+        return {name: tf.constant(value.tolist() if value.dtype == object else value,
+                                  tf.string if value.dtype == object else None)
+                for name, value in limits.items()}
+
+    return read_limits
+
+
+_SAMPLE_INPUTS = [
+    tf.TensorSpec([], tf.int64, name="seed"),
+    tf.TensorSpec([], tf.int32, name="num_samples"),
+    tf.TensorSpec([], tf.int32, name="num_steps"),
+    tf.TensorSpec([], tf.string, name="sampler"),
+    tf.TensorSpec([], tf.float32, name="eta"),
+    tf.TensorSpec([], tf.float32, name="guidance_scale"),
+    tf.TensorSpec([None], tf.int32, name="labels"),
+    tf.TensorSpec([], tf.string, name="spacing"),
+]
+
+
 def _archive(model, max_num_samples):
     data_shape = tuple(model.data_shape)
     archive = keras.export.ExportArchive()
     # The network's variables are all the signatures read (the schedule is baked in as constants).
     archive.track(model.network)
+    archive.add_endpoint(SAMPLE_SIGNATURE, _sample_function(model, max_num_samples), input_signature=_SAMPLE_INPUTS)
     archive.add_endpoint(
-        SAMPLE_SIGNATURE,
-        _sample_function(model, max_num_samples),
-        input_signature=[
-            tf.TensorSpec([], tf.int64, name="seed"),
-            tf.TensorSpec([], tf.int32, name="num_samples"),
-            tf.TensorSpec([], tf.int32, name="num_steps"),
-            tf.TensorSpec([], tf.string, name="sampler"),
-            tf.TensorSpec([], tf.float32, name="eta"),
-            tf.TensorSpec([], tf.float32, name="guidance_scale"),
-            tf.TensorSpec([None], tf.int32, name="labels"),
-        ],
+        EDIT_SIGNATURE,
+        _edit_function(model, max_num_samples),
+        input_signature=[tf.TensorSpec(None, tf.float32, name="images"), tf.TensorSpec(None, tf.float32, name="mask"),
+                         tf.TensorSpec([], tf.float32, name="strength")] + _SAMPLE_INPUTS,
     )
     archive.add_endpoint(
         DENOISE_SIGNATURE,
@@ -184,8 +291,16 @@ def _archive(model, max_num_samples):
             tf.TensorSpec([None], tf.int32, name="labels"),
         ],
     )
+    archive.add_endpoint(LIMITS_SIGNATURE, _limits_function(model, max_num_samples), input_signature=[])
     # The first endpoint ("sample") is also written as "serving_default" by write_out.
     return archive
+
+
+def read_limits(export_dir):
+    """The `limits` signature of a SavedModel as a dict of NumPy values (strings decoded)."""
+    limits = tf.saved_model.load(os.fspath(export_dir)).signatures[LIMITS_SIGNATURE]()
+    return {name: ([v.decode() for v in value.numpy().tolist()] if value.dtype == tf.string else value.numpy())
+            for name, value in limits.items()}
 
 
 def _write_archive(archive, path):

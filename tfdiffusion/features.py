@@ -29,21 +29,35 @@ Both always run in inference mode (no dropout, batch-norm moving statistics) and
 `reference_statistics` computes the features, mean and covariance of a reference image set once
 and caches them in an .npz written atomically, keyed by the extractor's fingerprint and a key of
 the source (a hash of the pixels for arrays; the caller's description for a streamed source).
+`reference_for` does so for a model's training source — a folder, a TFDS split or an array set,
+described by `reference_settings` as `data.training_data` arguments at the samples' size — keyed
+by the folder's file list (paths, sizes, modification times) or the split, and decodes the images
+(streamed, never all in memory) only when the cache misses:
+
+    settings = features.reference_settings("folder", (64, 64, 3), data_path="data/flowers")
+    reference = features.reference_for(extractor, settings)   # ~/.cache/tfdiffusion/reference_inception_….npz
 """
 
 import contextlib
 import hashlib
 import os
+import re
 import socket
+import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
-from tfdiffusion import checkpoints, metrics
+from tfdiffusion import checkpoints, data, metrics
 from tfdiffusion.layers.classifier import FEATURES_LAYER
 
 FEATURE_KINDS = ("inception", "classifier")
+ARRAY_DATASETS = data.IMAGE_DATASET_NAMES  # image sets read whole (IDX files or TFDS); other names: any TFDS set
+# The keys of a config's `data` section that say where its images come from.
+SOURCE_KEYS = ("name", "split", "source", "idx_dir", "data_dir", "path", "class_subfolders", "on_bad_file")
+CACHE_DIR_ENV_VAR = "TFDIFFUSION_CACHE_DIR"
 INCEPTION_SIZE = 299
 INCEPTION_FEATURES = 2048
 INCEPTION_RESIZE = "uint8, then bilinear with antialiasing to 299x299, grey repeated to RGB, x/127.5-1"
@@ -155,6 +169,7 @@ class FeatureExtractor(_BatchedExtractor):
         self.classifier = classifier
         self.batch_size = int(batch_size)
         self.input_shape = tuple(classifier.inputs[0].shape[1:])
+        self.num_classes = int(classifier.outputs[0].shape[-1])
         model = keras.Model(classifier.inputs, [features, classifier.outputs[0]])
         self._forward = tf.function(lambda pixels: model(tf.cast(pixels, tf.float32), training=False),
                                     reduce_retracing=True)
@@ -189,13 +204,14 @@ def inception_pixels(pixels):
     bilinear. Grey images are repeated to three channels after the resize.
     """
     pixels = tf.convert_to_tensor(pixels)
-    if pixels.dtype != tf.uint8 or pixels.shape.rank != 4 or pixels.shape[-1] not in (1, 3):
+    if pixels.dtype != tf.uint8 or pixels.shape.rank != 4 or pixels.shape[-1] not in (1, 3, None):
         raise ValueError(f"inception_pixels takes uint8 [N, H, W, 1 or 3]. Received: {pixels.dtype.name} "
                          f"of shape {tuple(pixels.shape)}")
     resized = tf.image.resize(tf.cast(pixels, tf.float32), (INCEPTION_SIZE, INCEPTION_SIZE),
                               method="bilinear", antialias=True)
     resized = tf.clip_by_value(resized, 0.0, 255.0)  # (the bilinear kernel is positive: only round-off)
-    return tf.image.grayscale_to_rgb(resized) if pixels.shape[-1] == 1 else resized
+    rgb = tf.tile(resized, [1, 1, 1, 3 // tf.shape(resized)[-1]])  # grey → RGB; RGB unchanged
+    return tf.ensure_shape(rgb, [None, INCEPTION_SIZE, INCEPTION_SIZE, 3])
 
 
 @contextlib.contextmanager
@@ -226,26 +242,41 @@ def load_inception(weights="imagenet"):
     Raises:
       ValueError: the weights cannot be had; the message says what to pass.
     """
-    if weights is not None and weights != "imagenet":
+    if weights is None:
+        return _build_inception(None)
+    if weights != "imagenet":
         if not str(weights).endswith(".h5"):
             raise ValueError(f"inception_weights must be 'imagenet' or an .h5 / .weights.h5 file of "
                              f"InceptionV3(include_top=False). Received: inception_weights={weights!r}")
         if not os.path.isfile(weights):
             raise FileNotFoundError(f"inception_weights does not exist. Received: inception_weights={weights!r}")
     try:
-        with _float32_and_download_timeout():
-            return keras.applications.InceptionV3(include_top=False, pooling="avg", weights=weights,
-                                                  input_shape=(INCEPTION_SIZE, INCEPTION_SIZE, 3))
+        return _build_inception(weights)
     except Exception as error:  # no cache and no network; a file of another model
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         if weights == "imagenet":
             raise ValueError(
                 f"No Inception-V3 ImageNet weights: not in the Keras cache (~/.keras/models/{INCEPTION_WEIGHTS_FILE}) "
-                f"and the download failed ({first_line[:200]}). Pass inception_weights=FILE (--inception_weights), "
+                f"and the download failed ({first_line}). Pass inception_weights=FILE (--inception_weights), "
                 "an .h5 of keras.applications.InceptionV3(include_top=False), or use the classifier features. "
                 "Received: inception_weights='imagenet'") from error
-        raise ValueError(f"Could not load the Inception-V3 weights ({first_line[:200]}). "
+        raise ValueError(f"Could not load the Inception-V3 weights ({first_line}). "
                          f"Received: inception_weights={weights!r}") from error
+
+
+def _build_inception(weights):
+    """The network; a weights file that leaves layers at their random initialisation (Keras only warns) raises."""
+    with _float32_and_download_timeout(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = keras.applications.InceptionV3(include_top=False, pooling="avg", weights=weights,
+                                               input_shape=(INCEPTION_SIZE, INCEPTION_SIZE, 3))
+    skipped = [w for w in caught if "freshly-initialized" in str(w.message) or "could not be loaded" in str(w.message)]
+    if skipped:
+        raise ValueError(f"{len(skipped)} parts of the network found no weights in the file, e.g. "
+                         f"{str(skipped[0].message).splitlines()[0][:160]}")
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return model
 
 
 class InceptionExtractor(_BatchedExtractor):
@@ -355,3 +386,126 @@ def reference_statistics(extractor, images, cache_path=None, *, source_key=None,
 def _numpy_batches(batches):
     for batch in batches:
         yield batch.numpy() if isinstance(batch, tf.Tensor) else np.asarray(batch)
+
+
+# ============================================================================================
+# The reference images: the model's training source, at the samples' size
+# ============================================================================================
+def check_tfds_name(dataset):
+    """Raises ValueError unless `dataset` is a known image source name or a TensorFlow Datasets name."""
+    import tensorflow_datasets as tfds
+
+    try:
+        tfds.builder_cls(dataset.split(":")[0].split("/")[0])
+    except tfds.core.registered.DatasetNotFoundError:
+        raise ValueError(f"Unknown dataset: not 'folder', one of {ARRAY_DATASETS + data.TOY_DATASET_NAMES} or a "
+                         f"TensorFlow Datasets name. Received: dataset={dataset!r}") from None
+
+
+def reference_settings(dataset, image_shape, *, training=None, data_path=None, split=None, idx_dir=None,
+                       data_dir=None):
+    """The `data.training_data` arguments of the reference images of `dataset`, at `image_shape`.
+
+    Args:
+      dataset: "folder", one of `ARRAY_DATASETS` (IDX files or TFDS, read whole) or a TFDS name.
+      image_shape: (H, W, C) of the samples: the reference is resized (shorter side, centre crop)
+        and converted to it exactly as training data is.
+      training: the model's training `data` section (its `SOURCE_KEYS` are read), or None.
+      data_path: a folder of images (overrides the training folder).
+      split: the split: default "test" for `ARRAY_DATASETS` (the classifier protocol), else the
+        training split ("train" when unknown). A folder has no splits.
+      idx_dir, data_dir: IDX and TFDS directories.
+
+    Returns:
+      A dict of `data.training_data` keyword arguments.
+    """
+    training = {key: value for key, value in dict(training or {}).items() if key in SOURCE_KEYS}
+    if dataset == "folder":
+        settings = {**training, "source": "folder"} if not data_path else {"source": "folder", "path": data_path}
+        if not settings.get("path"):
+            raise ValueError("A folder reference needs the folder: pass data_path. Received: data_path=None")
+    elif dataset in ARRAY_DATASETS:
+        same = {key: training[key] for key in ("source", "idx_dir", "data_dir")
+                if training.get("name") == dataset and key in training}
+        settings = {"name": dataset, "split": split or "test", "source": "auto", **same}
+    else:
+        same = training.get("name") == dataset
+        settings = {"name": dataset, "source": "tfds", "split": split or (same and training.get("split")) or "train",
+                    "data_dir": training.get("data_dir", "") if same else ""}
+    settings.update({key: value for key, value in (("idx_dir", idx_dir), ("data_dir", data_dir)) if value})
+    return settings | {"image_size": tuple(int(d) for d in image_shape[:2]), "channels": int(image_shape[2])}
+
+
+def _folder_signature(settings):
+    """What a folder reference depends on: its files' relative paths, sizes and modification times."""
+    files, _, _ = data.list_image_files(settings["path"], settings.get("class_subfolders", False))
+    digest = hashlib.sha1()
+    for file in files:
+        status = os.stat(file)
+        digest.update(f"{os.path.relpath(file, settings['path'])}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
+    return f"{len(files)} files {digest.hexdigest()}"
+
+
+def _reference_label_and_key(settings, num_images):
+    """(a cache file label, the source's cache key) — the key found without decoding any image."""
+    height, width = settings["image_size"]
+    shape = f"{height}x{width}x{settings['channels']}" + (f"_{num_images}" if num_images else "")
+    if settings["source"] == "folder":
+        path = os.path.abspath(os.path.expanduser(settings["path"]))
+        label = f"folder-{os.path.basename(path)}-{hashlib.sha1(path.encode()).hexdigest()[:8]}_{shape}"
+        return label, f"folder:{path}:{_folder_signature(settings)}:{settings.get('on_bad_file', 'error')}:{shape}"
+    split = re.sub(r"[^A-Za-z0-9_.-]+", "-", settings["split"])
+    if settings["name"] in ARRAY_DATASETS:  # keyed by the pixels; the size named only when resized
+        stored = data.IMAGE_DATASET_SHAPES[settings["name"]] == (height, width, settings["channels"])
+        return f"{settings['name']}_{split}" + ("" if stored else f"_{shape.split('_')[0]}") + (
+            f"_{num_images}" if num_images else ""), None
+    return f"{settings['name']}_{split}_{shape}", f"tfds:{settings['name']}:{settings['split']}:{shape}"
+
+
+def _reference_batches(settings, num_images, batch_size=256):
+    """The reference images as uint8 batches, decoded lazily (only when a cache misses)."""
+    remaining = num_images or None
+    source = data.training_data(**settings)
+    for batch in source.examples(batch_size, with_labels=False).as_numpy_iterator():
+        batch = batch[:remaining] if remaining is not None else batch
+        yield quantise_images((batch + 1.0) / 2.0)  # [−1, 1] → [0, 1] → round(x·255): the stored pixels exactly
+        if remaining is not None:
+            remaining -= len(batch)
+            if remaining <= 0:
+                return
+
+
+def default_cache_dir():
+    """Where Inception reference statistics are cached: $TFDIFFUSION_CACHE_DIR, else ~/.cache/tfdiffusion."""
+    return os.environ.get(CACHE_DIR_ENV_VAR) or os.path.join(os.path.expanduser("~"), ".cache", "tfdiffusion")
+
+
+def reference_for(extractor, settings, *, cache_dir=None, num_images=0, verbose=False):
+    """The reference statistics of the images `settings` describe (`reference_settings`), cached.
+
+    The cache file is `<cache_dir>/reference_<kind>_<source>.npz`, keyed by the extractor's
+    fingerprint and the source: the pixels of an array set, or a folder's file list (paths, sizes,
+    modification times) or a TFDS split, with the size and colour. A folder or TFDS split is
+    streamed through `data.training_data` only when the cache misses.
+
+    Args:
+      extractor: a `FeatureExtractor` or `InceptionExtractor`.
+      settings: `data.training_data` arguments.
+      cache_dir: directory of the cache (None: `default_cache_dir()`).
+      num_images: the first K images only (0: all).
+      verbose: log and show progress.
+
+    Returns:
+      The `reference_statistics` dict, plus "cache" (its path).
+    """
+    cache_dir = cache_dir or default_cache_dir()
+    label, key = _reference_label_and_key(settings, num_images)
+    cache = os.path.join(cache_dir, f"reference_{extractor.kind}_{label}.npz")
+    if verbose:
+        logging.info("Reference statistics of %s (cache %s)", label, cache)
+    if key is None:  # an array set: read whole (fast), keyed by its pixels
+        images = np.concatenate(list(_reference_batches(settings, num_images)))
+    else:
+        images = _reference_batches(settings, num_images)
+    os.makedirs(cache_dir, exist_ok=True)
+    return reference_statistics(extractor, images, cache, source_key=key, verbose=verbose) | {"cache": cache}

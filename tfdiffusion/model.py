@@ -277,44 +277,68 @@ class DiffusionModel(keras.Model):
 
     # -- sampling --------------------------------------------------------------------------------
     def sample_model_space(self, num_samples, *, seed=0, sampler="ddpm", num_steps=None, eta=0.0, labels=None,
-                           guidance_scale=None, trajectory_every=None, ddpm_variance="beta_tilde", clip_denoised=False):
+                           guidance_scale=None, trajectory_every=None, ddpm_variance="beta_tilde", clip_denoised=False,
+                           spacing="uniform", init_images=None, strength=None, mask=None):
         """The reverse process on `denoise` in model space; tensors in, tensors out, not validated.
 
-        Arguments are those of `generate` (Python values or tensors; `sampler` may be a string tensor
-        in a graph). `generate` checks a Python request and the exported signatures assert on theirs
-        before calling this. Called eagerly it runs the same compiled graph as `generate`.
+        Arguments are those of `generate` (Python values or tensors; `sampler` and `spacing` may be
+        string tensors in a graph), with `init_images` in model space. `generate` checks a Python
+        request and the exported signatures assert on theirs before calling this. Called eagerly it
+        runs the same compiled graph as `generate`.
         """
         if self.data_shape is None:
             raise ValueError("The model is not built: train it or call it on data before sampling.")
         num_steps = self.diffusion.num_timesteps if num_steps is None else num_steps
         guidance_scale = guidance_scale if self.num_classes is not None else None
         if tf.executing_eagerly():
-            function = self._sampling_function(sampler, trajectory_every, labels is not None, guidance_scale is not None,
-                                               ddpm_variance, clip_denoised, data_space=False)
-            return function(*_request_tensors(num_samples, seed, num_steps, eta, labels, guidance_scale))
+            function = self._sampling_function(
+                (sampler, spacing, trajectory_every, labels is not None, guidance_scale is not None, ddpm_variance,
+                 clip_denoised, init_images is not None, mask is not None), data_space=False)
+            return function(*_request_tensors(num_samples, seed, num_steps, eta, labels, guidance_scale, init_images,
+                                              strength, mask))
         if guidance_scale is not None:  # an input of the graph like the driver's, see `samplers.opaque`
             guidance_scale = samplers.opaque(guidance_scale, tf.float32)
         shape = tf.concat([tf.reshape(tf.cast(num_samples, tf.int32), [1]), tf.constant(self.data_shape, tf.int32)], 0)
         return samplers.reverse_process(
             lambda x, t, y: self.denoise(x, t, y, guidance_scale), self.diffusion, shape, seed=seed, num_steps=num_steps,
-            sampler=sampler, eta=eta, labels=labels, ddpm_variance=ddpm_variance, clip_denoised=clip_denoised,
-            trajectory_every=trajectory_every)
+            sampler=sampler, spacing=spacing, eta=eta, labels=labels, ddpm_variance=ddpm_variance,
+            clip_denoised=clip_denoised, trajectory_every=trajectory_every, init_images=init_images, strength=strength,
+            mask=mask)
 
-    def _sampling_function(self, sampler, trajectory_every, conditional, guided, ddpm_variance, clip_denoised,
-                           data_space):
-        """The compiled sampler of one kind of request, cached (tensor arguments do not retrace)."""
-        key = (sampler, trajectory_every, conditional, guided, ddpm_variance, clip_denoised, data_space)
+    def sample_data_space(self, num_samples, *, init_images=None, strength=None, mask=None, **request):
+        """`sample_model_space` mapped to data space, in a graph (the body of `generate` and of the export).
+
+        `init_images` are in data space; the samples keep them exactly where `mask` is 1, and
+        everywhere when strength rounds to no step (round(strength·T) = 0): those pixels are the
+        given values themselves, not their round trip through model space.
+        """
+        model_init = None if init_images is None else self.from_data_space(init_images)
+        out = self.sample_model_space(num_samples, init_images=model_init, strength=strength, mask=mask, **request)
+        samples = self.to_data_space(out if request.get("trajectory_every") is None else out[0])
+        if init_images is not None:
+            kept = samplers.edit_start_timestep(1.0 if strength is None else strength, self.diffusion.num_timesteps) < 0
+            if mask is not None:
+                kept = tf.logical_or(kept, mask >= 0.5)
+            samples = tf.where(kept, tf.cast(init_images, samples.dtype), samples)
+        return samples if request.get("trajectory_every") is None else (samples, out[1])
+
+    def _sampling_function(self, kind, data_space):
+        """The compiled sampler of one kind of request, cached (tensor arguments do not retrace).
+
+        kind: (sampler, spacing, trajectory_every, conditional, guided, ddpm_variance, clip_denoised,
+        editing, inpainting).
+        """
+        key = kind + (data_space,)
         if key not in self._sample_functions:
-            def run(num_samples, seed, num_steps, eta, labels, guidance_scale):
-                out = self.sample_model_space(
-                    num_samples, seed=seed, sampler=sampler, num_steps=num_steps, eta=eta, labels=labels,
-                    guidance_scale=guidance_scale, trajectory_every=trajectory_every, ddpm_variance=ddpm_variance,
-                    clip_denoised=clip_denoised)
-                if not data_space:
-                    return out
-                if trajectory_every is None:
-                    return self.to_data_space(out)
-                return self.to_data_space(out[0]), out[1]
+            sampler, spacing, trajectory_every, _, _, ddpm_variance, clip_denoised, _, _ = kind
+
+            def run(num_samples, seed, num_steps, eta, labels, guidance_scale, init_images, strength, mask):
+                request = dict(seed=seed, sampler=sampler, spacing=spacing, num_steps=num_steps, eta=eta, labels=labels,
+                               guidance_scale=guidance_scale, trajectory_every=trajectory_every,
+                               ddpm_variance=ddpm_variance, clip_denoised=clip_denoised, init_images=init_images,
+                               strength=strength, mask=mask)
+                sample = self.sample_data_space if data_space else self.sample_model_space
+                return sample(num_samples, **request)
 
             self._sample_functions[key] = tf.function(run, reduce_retracing=True, autograph=False)
         return self._sample_functions[key]
@@ -326,41 +350,66 @@ class DiffusionModel(keras.Model):
         low, high = self.data_range
         return low + (tf.clip_by_value(x, -1.0, 1.0) + 1.0) * (0.5 * (high - low))
 
+    def from_data_space(self, x):
+        """`data_range` → [−1, 1] model space (not clipped); identity when data_range is None."""
+        if self.data_range is None:
+            return x
+        low, high = self.data_range
+        return (tf.cast(x, tf.float32) - low) * (2.0 / (high - low)) - 1.0
+
     def generate(self, num_samples, seed=0, sampler="ddpm", num_steps=None, eta=0.0, labels=None,
-                 guidance_scale=None, trajectory_every=None, ddpm_variance="beta_tilde"):
-        """Draws `num_samples` samples in data space as a NumPy array (one compiled graph).
+                 guidance_scale=None, trajectory_every=None, ddpm_variance="beta_tilde", spacing="uniform",
+                 init_images=None, strength=None, mask=None):
+        """Draws `num_samples` samples in data space as a NumPy array (one compiled graph), or edits images.
 
         Args are those of `samplers.sample`, plus `guidance_scale`, the classifier-free guidance
         weight w (None or 0: plain conditional; ignored by an unconditional model). With
         `trajectory_every=k` returns `(samples, trajectory)`, the trajectory in model space
         [frames, N, ...].
 
+        Editing (one of strength and mask at least):
+          init_images: [num_samples, *data_shape] in data space (e.g. [0, 1] pixels).
+          strength: image-to-image (SDEdit) strength in [0, 1]: 0 returns init_images exactly, 1
+            starts from (almost) pure noise; default 1 with a mask.
+          mask: [num_samples, *data_shape[:-1], 1] (or the images' shape), 1 where init_images is kept
+            (exactly) and 0 where it is generated (inpainting).
+
         Raises:
           ValueError: an invalid request, naming the argument and its value.
         """
         num_steps = self.diffusion.num_timesteps if num_steps is None else num_steps
-        labels = self._validate_request(num_samples, sampler, num_steps, eta, labels, guidance_scale, trajectory_every,
-                                        ddpm_variance)
-        if self.data_shape is None:
-            raise ValueError("The model is not built: train it or call it on data before sampling.")
+        request = dict(sampler=sampler, num_steps=num_steps, eta=eta, guidance_scale=guidance_scale,
+                       trajectory_every=trajectory_every, ddpm_variance=ddpm_variance, spacing=spacing, strength=strength)
+        labels, init_images, mask = self._validate_request(num_samples, request, labels, init_images, mask)
         guidance_scale = guidance_scale if self.num_classes is not None else None
-        function = self._sampling_function(sampler, trajectory_every, labels is not None, guidance_scale is not None,
-                                           ddpm_variance, False, data_space=True)
-        out = function(*_request_tensors(num_samples, seed, num_steps, eta, labels, guidance_scale))
+        if init_images is not None and strength is None:
+            strength = 1.0
+        function = self._sampling_function(
+            (sampler, spacing, trajectory_every, labels is not None, guidance_scale is not None, ddpm_variance, False,
+             init_images is not None, mask is not None), data_space=True)
+        out = function(*_request_tensors(num_samples, seed, num_steps, eta, labels, guidance_scale, init_images,
+                                         strength, mask))
         if trajectory_every is None:
             return out.numpy()
         return out[0].numpy(), out[1].numpy()
 
-    def _validate_request(self, num_samples, sampler, num_steps, eta, labels, guidance_scale, trajectory_every,
-                          ddpm_variance):
-        """`generate`'s checks (ValueError naming the argument); returns labels as int32 NumPy or None."""
+    def _validate_request(self, num_samples, request, labels, init_images, mask):
+        """`generate`'s checks (ValueError naming the argument).
+
+        Returns:
+          (labels as int32 NumPy or None, init_images and mask as float32 NumPy or None).
+        """
         if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
             raise ValueError(f"num_samples must be an integer >= 1. Received: num_samples={num_samples!r}")
-        samplers.validate_request(self.diffusion.num_timesteps, sampler=sampler, num_steps=num_steps, eta=eta,
-                                  guidance_scale=guidance_scale, ddpm_variance=ddpm_variance,
-                                  trajectory_every=trajectory_every)
+        if self.data_shape is None:
+            raise ValueError("The model is not built: train it or call it on data before sampling.")
+        samplers.validate_request(self.diffusion.num_timesteps, **request)
+        samplers.validate_edit((num_samples,) + tuple(self.data_shape), init_images, request["strength"], mask)
+        if init_images is not None:
+            init_images = np.asarray(init_images, np.float32)
+            mask = None if mask is None else np.asarray(mask, np.float32)
         if labels is None:
-            return None
+            return None, init_images, mask
         labels = np.asarray(labels, np.int32).reshape(-1)
         if self.num_classes is None:
             raise ValueError(f"labels given to an unconditional model. Received: labels={labels.tolist()}")
@@ -369,7 +418,7 @@ class DiffusionModel(keras.Model):
                 f"labels must hold num_samples={num_samples} values in [0, {self.num_classes}]. "
                 f"Received: labels={labels.tolist()}"
             )
-        return labels
+        return labels, init_images, mask
 
     # -- EMA -----------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -391,8 +440,11 @@ class DiffusionModel(keras.Model):
                 variable.assign(value)
 
 
-def _request_tensors(num_samples, seed, num_steps, eta, labels, guidance_scale):
+def _request_tensors(num_samples, seed, num_steps, eta, labels, guidance_scale, init_images=None, strength=None,
+                     mask=None):
     """A request as the arguments of a `_sampling_function` (tensors, so that they do not retrace)."""
+    optional = ((labels, tf.int32), (guidance_scale, tf.float32), (init_images, tf.float32), (strength, tf.float32),
+                (mask, tf.float32))
     return (tf.constant(num_samples, tf.int32), tf.constant(seed, tf.int64), tf.constant(num_steps, tf.int32),
-            tf.constant(eta, tf.float32), None if labels is None else tf.constant(labels, tf.int32),
-            None if guidance_scale is None else tf.constant(guidance_scale, tf.float32))
+            tf.constant(eta, tf.float32), *(None if value is None else tf.constant(value, dtype)
+                                             for value, dtype in optional))

@@ -7,18 +7,40 @@ to tensors with no hidden state: it receives x_t, the predictions it needs, the 
 current and at the next (less noisy) timestep of the sequence, and the Gaussian draw it may need. ᾱ
 arrives as a float64 scalar so that the coefficients are formed in float64 and cast once.
 
-A sequence of `num_steps` timesteps τ_0 = T−1 > τ_1 > … > τ_{n−1} = 0 is spaced uniformly over
-[0, T) (`timestep_sequence`); "next" after τ_{n−1} is t = −1 with ᾱ_{−1} = 1, i.e. the data. On a
-subsequence the effective α of a step is ᾱ_τi / ᾱ_τ(i+1), which makes DDPM's step (Ho et al. 2020,
-eq. 11) exact for the respaced chain (Nichol & Dhariwal 2021, §4).
+A sequence of `num_steps` timesteps τ_0 = T−1 > τ_1 > … > τ_{n−1} = 0 is laid out by a spacing
+(`timestep_sequence`: uniform in t, uniform in log-SNR, Karras et al.'s σ grid or quadratic); "next"
+after τ_{n−1} is t = −1 with ᾱ_{−1} = 1, i.e. the data. On a subsequence the effective α of a step is
+ᾱ_τi / ᾱ_τ(i+1), which makes DDPM's step (Ho et al. 2020, eq. 11) exact for the respaced chain
+(Nichol & Dhariwal 2021, §4).
+
+The solvers (`SAMPLERS`), in the notation of Lu et al. 2022: α = √ᾱ, σ = √(1 − ᾱ), λ = log(α/σ),
+h = λ_next − λ_now, x̂_0 the data prediction:
+
+| name           | method                                                           | order | NFE per step |
+|----------------|------------------------------------------------------------------|-------|--------------|
+| `ddpm`         | ancestral sampling, Ho et al. 2020, Algorithm 2                  | 1     | 1            |
+| `ddim`         | Song et al. 2020, eq. 12 (η = 0: the probability-flow ODE)       | 1     | 1            |
+| `dpmpp_2m`     | DPM-Solver++(2M), Lu et al. 2022b, Algorithm 2                   | 2     | 1            |
+| `dpmpp_3m`     | DPM-Solver++(3M), the third-order multistep data-prediction solver| 3    | 1            |
+| `unipc`        | UniPC-2 with B(h) = e^h − 1 ("bh2"), Zhao et al. 2023            | 3     | 1            |
+| `heun`         | EDM's Heun, Karras et al. 2022, Algorithm 1 (S_churn = 0)        | 2     | 2, 1 on the last |
+| `dpmpp_2m_sde` | SDE-DPM-Solver++(2M), Lu et al. 2022b (stochastic, ancestral)    | 1 (strong) | 1       |
+
+`network_evaluations(sampler, num_steps)` counts the network calls of a request.
 
 A new solver is one pure step function and one `SOLVERS` entry (`Solver`): the driver hands every
 solver the same arguments and carries the state the solver asks for.
 
 Noise: x_T ~ N(0, I) is drawn with `tf.random.stateless_normal(seed=[seed, 0])` and the noise of
-step i with `seed=[seed, i + 1]`, outside any XLA cluster. With the loop always run as a graph
-(eager calls included) on a batch of unknown size, one seed gives bitwise the same samples eagerly,
-in `tf.function`, under XLA networks and after export.
+loop iteration i with `seed=[seed, i + 1]`, outside any XLA cluster. With the loop always run as a
+graph (eager calls included) on a batch of unknown size, one seed gives bitwise the same samples
+eagerly, in `tf.function`, under XLA networks and after export.
+
+Editing (same driver): image-to-image (SDEdit, Meng et al. 2022) starts from q_sample(x_0, t_s, ε)
+with t_s = round(strength·T) − 1 and ε the seed's x_T draw, on the spacing restricted to [0, t_s];
+inpainting (RePaint, Lugmayr et al. 2022, Algorithm 1 without resampling) replaces the known pixels
+(mask = 1) after every step by q_sample of the known image at the step's next noise level, and they
+equal the given image exactly at the end.
 
 Validation: `sample` (and `DiffusionModel.generate`) check a request's Python values where a Python
 caller enters; the driver `reverse_process` trusts the tensors it is given (the exported signatures
@@ -32,6 +54,9 @@ import numpy as np
 import tensorflow as tf
 
 from tfdiffusion.diffusion import VARIANCE_TYPES, eps_from_x0, reverse_mean_variance
+
+SPACINGS = ("uniform", "logsnr", "karras", "quadratic")
+KARRAS_RHO = 7.0  # ρ of Karras et al. 2022, eq. 5
 
 
 # -- step functions ------------------------------------------------------------------------
@@ -89,20 +114,198 @@ def dpmpp_2m_step(x_t, x0, previous_x0, alpha_bar_t, alpha_bar_prev, previous_h,
     return tf.where(final, x0, x_prev), h
 
 
+def _combine(coefficients, tensors):
+    """Σ c_k x_k with float64 scalar coefficients cast once to the tensors' dtype."""
+    return tf.add_n([_as_dtype(c, x) * x for c, x in zip(coefficients, tensors)])
+
+
+def _exponential_integrator(alpha_bar_t, alpha_bar_prev):
+    """(σ_prev/σ_t, α_prev, h, φ_1 = e^{−h} − 1) of a data-prediction step; ᾱ_prev = 1 is made finite.
+
+    The exact solution of the probability-flow ODE from t to prev is
+    x_prev = (σ_prev/σ_t) x_t + σ_prev ∫_{λ_t}^{λ_prev} e^λ x̂_0(λ) dλ (Lu et al. 2022b, eq. 8);
+    every λ-solver here is a quadrature of that integral.
+    """
+    safe_prev = tf.where(alpha_bar_prev >= 1.0, alpha_bar_t, alpha_bar_prev)
+    h = half_log_snr(safe_prev) - half_log_snr(alpha_bar_t)
+    return tf.sqrt((1.0 - safe_prev) / (1.0 - alpha_bar_t)), tf.sqrt(safe_prev), h, tf.math.expm1(-h)
+
+
+def dpmpp_3m_step(x_t, x0, previous_x0s, alpha_bar_t, alpha_bar_prev, previous_hs, order):
+    """One step of DPM-Solver++(3M): eq. 8's integral with x̂_0(λ) interpolated through the last three x̂_0.
+
+    With u = λ − λ_t, x̂_0(λ) ≈ m_0 + u m' + u²/2 m'' integrates exactly to
+    x_prev = (σ_prev/σ_t) x_t − α_prev φ_1 m_0 + α_prev φ_2 D_1 − 2 α_prev φ_3 D_2, where
+    φ_2 = φ_1/h + 1 and φ_3 = φ_2/h − ½ (the multistep third-order update of Lu et al. 2022a,
+    §3.3/App. B, in the data-prediction form of Lu et al. 2022b, §4.2). D_1 ≈ h m' and
+    D_2 ≈ h² m''/2 are the Newton divided differences of m_0 = x̂_0, m_1 and m_2 taken r_1 h and
+    (r_1 + r_2) h before (r_k = h_k/h):
+    D_1 = d_0 + r_1/(r_1 + r_2) (d_0 − d_1), D_2 = (d_0 − d_1)/(r_1 + r_2), with
+    d_0 = (m_0 − m_1)/r_1 and d_1 = (m_1 − m_2)/r_2. `order` 2 drops D_2 (D_1 = d_0), `order` 1 both.
+    The step into the data returns x̂_0.
+
+    Args:
+      previous_x0s: (m_1, m_2), the x̂_0 of the previous two steps.
+      previous_hs: (h_1, h_2), their step sizes in λ.
+      order: int32 scalar 1, 2 or 3.
+
+    Returns:
+      (x_prev, h).
+    """
+    (previous_x0, earlier_x0), (h_1, h_2) = previous_x0s, previous_hs
+    ratio, alpha_prev, h, phi_1 = _exponential_integrator(alpha_bar_t, alpha_bar_prev)
+    phi_2 = phi_1 / h + 1.0
+    phi_3 = phi_2 / h - 0.5
+    r_1, r_2 = h_1 / h, h_2 / h
+    # The coefficients of m_0, m_1, m_2 for each order, from D_1 and D_2 written out.
+    second = alpha_prev * phi_2 / r_1
+    weight_0 = alpha_prev * (phi_2 * (1.0 + r_1 / (r_1 + r_2)) - 2.0 * phi_3 / (r_1 + r_2))  # of d_0
+    weight_1 = alpha_prev * (2.0 * phi_3 - phi_2 * r_1) / (r_1 + r_2)  # of d_1
+    third = (weight_0 / r_1, -weight_0 / r_1 + weight_1 / r_2, -weight_1 / r_2)
+    zero = tf.zeros_like(h)
+    c_0 = -alpha_prev * phi_1 + tf.where(order == 3, third[0], tf.where(order == 2, second, zero))
+    c_1 = tf.where(order == 3, third[1], tf.where(order == 2, -second, zero))
+    c_2 = tf.where(order == 3, third[2], zero)
+    x_prev = _combine((ratio, c_0, c_1, c_2), (x_t, x0, previous_x0, earlier_x0))
+    return tf.where(alpha_bar_prev >= 1.0, x0, x_prev), h
+
+
+def unipc_coefficients(h, r, order):
+    """(ρ_0, ρ_1): UniC-p's weights of D_1 and of m_t − m_0 for p = `order` ∈ {1, 2}, B(h) = e^h − 1.
+
+    Zhao et al. 2023 (§3.2; data-prediction form, "bh2"): with ĥ = −h, φ_1 = e^ĥ − 1 = B(ĥ),
+    g_1 = φ_1/ĥ − 1 and g_2 = g_1/ĥ − ½, the weights solve R ρ = b with R = [[1, 1], [r, 1]] and
+    b_k = k! g_k / B(ĥ); UniC-1 takes ρ = ½ (the trapezoidal rule, b_1's limit as h → 0).
+    """
+    h_hat = -h
+    phi_1 = tf.math.expm1(h_hat)
+    g_1 = phi_1 / h_hat - 1.0
+    g_2 = g_1 / h_hat - 0.5
+    b_1, b_2 = g_1 / phi_1, 2.0 * g_2 / phi_1
+    rho_0 = (b_1 - b_2) / (1.0 - r)
+    return tf.where(order == 2, rho_0, tf.zeros_like(h)), tf.where(order == 2, b_1 - rho_0, 0.5 * tf.ones_like(h))
+
+
+def _unic_correct(x_base, x0, history, alpha_bar_t, order):
+    """UniC (Zhao et al. 2023, Algorithm 1): x^c_t from the corrected previous point x_base, its x̂_0 = m_0,
+    the one before (m_{−1}) and the fresh x̂_0 at t (m_t), at no extra network evaluation."""
+    previous_x0, earlier_x0, alpha_bar_base, alpha_bar_earlier = history
+    ratio, alpha_t, h, phi_1 = _exponential_integrator(alpha_bar_base, alpha_bar_t)
+    r = (half_log_snr(alpha_bar_earlier) - half_log_snr(alpha_bar_base)) / h  # < 0: a point behind
+    rho_0, rho_1 = unipc_coefficients(h, r, order)
+    # x^c = ratio·x_base − α φ_1 m_0 − α B(ĥ) (ρ_0 (m_{−1} − m_0)/r + ρ_1 (m_t − m_0)), B(ĥ) = φ_1.
+    scale = -alpha_t * phi_1
+    d_0 = tf.where(order == 2, scale * rho_0 / r, tf.zeros_like(h))
+    return _combine((ratio, scale - scale * rho_1 - d_0, scale * rho_1, d_0), (x_base, previous_x0, x0, earlier_x0))
+
+
+def unipc_step(x_t, x0, state, alpha_bar_t, alpha_bar_prev, index, num_steps):
+    """One step of UniPC-2 with B(h) = e^h − 1 (Zhao et al. 2023, Algorithms 1–2, data prediction).
+
+    The fresh x̂_0 at x_t first corrects x_t itself (UniC of the previous step's order, none on the
+    first step), then UniP-p predicts the next point from the corrected x^c_t:
+    x_next = (σ_next/σ_t) x^c_t − α_next φ_1 m_0 − α_next B(h) ½ D_1 with D_1 = (m_{−1} − m_0)/r,
+    r = (λ_{−1} − λ_t)/h (UniP-2; UniP-1 drops D_1). Order min(2, index + 1, steps left): the first
+    step has no history, and the step into the data (σ = 0) returns x̂_0. The model is evaluated at the
+    uncorrected point only, so UniC costs no evaluation.
+
+    Args:
+      state: (x^c of the previous point, its x̂_0, the x̂_0 before, their ᾱ).
+      index, num_steps: this step's index and the number of steps (int32 scalars).
+
+    Returns:
+      (x_next, state).
+    """
+    x_base, previous_x0, earlier_x0, alpha_bar_base, alpha_bar_earlier = state
+    corrected = _unic_correct(x_base, x0, (previous_x0, earlier_x0, alpha_bar_base, alpha_bar_earlier), alpha_bar_t,
+                              tf.minimum(index, 2))
+    x_c = tf.where(index > 0, corrected, x_t)
+    order = tf.minimum(tf.minimum(index + 1, num_steps - index), 2)
+    ratio, alpha_next, h, phi_1 = _exponential_integrator(alpha_bar_t, alpha_bar_prev)
+    r = (half_log_snr(alpha_bar_base) - half_log_snr(alpha_bar_t)) / h
+    first = -alpha_next * phi_1
+    d_1 = tf.where(order == 2, first * 0.5 / r, tf.zeros_like(h))  # −α B(h) ½ D_1, B(h) = φ_1
+    x_next = _combine((ratio, first - d_1, d_1), (x_c, x0, previous_x0))
+    x_next = tf.where(alpha_bar_prev >= 1.0, x0, x_next)
+    return x_next, (x_c, x0, previous_x0, alpha_bar_t, alpha_bar_base)
+
+
+def heun_step(x_t, x0, eps, alpha_bar_t, alpha_bar_prev, state):
+    """Half a step of EDM's Heun sampler (Karras et al. 2022, Algorithm 1, S_churn = 0), one evaluation each.
+
+    In EDM's variables x̄ = x/√ᾱ and σ = √((1 − ᾱ)/ᾱ) the probability-flow ODE is dx̄/dσ = ε̂
+    (their eq. 4 with s = 1; d_i = (x̄ − D(x̄; σ))/σ = ε̂). The driver calls this twice per step
+    (`heun_timesteps`): the predictor at σ_i, x̄' = x̄_i + (σ_{i+1} − σ_i) ε̂_i (lines 5–6, an Euler =
+    DDIM step), and the corrector at σ_{i+1} with the ε̂' of x̄',
+    x̄_{i+1} = x̄_i + (σ_{i+1} − σ_i)(ε̂_i + ε̂')/2 (lines 7–8). The step into σ = 0 is the Euler step,
+    x̂_0 itself (line 8's condition σ_{i+1} ≠ 0). Written in x = √ᾱ x̄ with float64 coefficients.
+
+    Args:
+      state: (x_i, ε̂_i, ᾱ_i, correcting): the step's start and whether this call corrects.
+
+    Returns:
+      (x, state).
+    """
+    x_start, eps_start, alpha_bar_start, correcting = state
+    sigma_t = tf.sqrt((1.0 - alpha_bar_t) / alpha_bar_t)
+    final = alpha_bar_prev >= 1.0
+    # Predictor: √ᾱ_next (x_t/√ᾱ_t + (σ_next − σ_t) ε̂).
+    euler = _combine((tf.sqrt(alpha_bar_prev / alpha_bar_t), tf.sqrt(1.0 - alpha_bar_prev) - tf.sqrt(alpha_bar_prev)
+                      * sigma_t), (x_t, eps))
+    # Corrector: √ᾱ_t (x_i/√ᾱ_i + (σ_t − σ_i)(ε̂_i + ε̂)/2), σ_t being σ_{i+1} here.
+    sigma_start = tf.sqrt((1.0 - alpha_bar_start) / alpha_bar_start)
+    half_slope = 0.5 * tf.sqrt(alpha_bar_t) * (sigma_t - sigma_start)
+    corrected = _combine((tf.sqrt(alpha_bar_t / alpha_bar_start), half_slope, half_slope), (x_start, eps_start, eps))
+    x_next = tf.where(correcting, corrected, tf.where(final, x0, euler))
+    state = (x_t, eps, alpha_bar_t, tf.logical_not(correcting))
+    return x_next, state
+
+
+def dpmpp_2m_sde_step(x_t, x0, previous_x0, alpha_bar_t, alpha_bar_prev, previous_h, is_first, noise):
+    """One step of SDE-DPM-Solver++(2M) (Lu et al. 2022b, App. B.3), the reverse SDE in data-prediction form.
+
+    x_prev = (σ_prev/σ_t) e^{−h} x_t + α_prev (1 − e^{−2h}) D + σ_prev √(1 − e^{−2h}) z, with D as in
+    `dpmpp_2m_step` (x̂_0 on the first step). Its first-order step is DDPM's ancestral step with
+    σ² = β̃ (the noise variance σ_prev²(1 − e^{−2h}) equals β̃ of the respaced chain). The step into
+    the data returns x̂_0.
+
+    Returns:
+      (x_prev, h).
+    """
+    ratio, alpha_prev, h, _ = _exponential_integrator(alpha_bar_t, alpha_bar_prev)
+    r = previous_h / h
+    decay = -tf.math.expm1(-2.0 * h)  # 1 − e^{−2h}
+    denoised_weight = tf.where(is_first, tf.zeros_like(h), 0.5 / r)
+    x_prev = _combine((ratio * tf.exp(-h), alpha_prev * decay * (1.0 + denoised_weight),
+                       -alpha_prev * decay * denoised_weight, ratio * tf.sqrt(1.0 - alpha_bar_t) * tf.sqrt(decay)),
+                      (x_t, x0, previous_x0, noise))
+    return tf.where(alpha_bar_prev >= 1.0, x0, x_prev), h
+
+
+def heun_timesteps(timesteps):
+    """The loop's timesteps for Heun: τ_0, then τ_1, …, τ_{n−1} twice each (corrector, next predictor)."""
+    return tf.concat([timesteps[:1], tf.repeat(timesteps[1:], 2)], 0)
+
+
 # -- the registry ----------------------------------------------------------------------------
 class Solver(typing.NamedTuple):
     """A sampler as the driver sees it.
 
     step: `(x_t, x0, eps, alpha_bar_t, alpha_bar_prev, noise, state, options) -> (x_prev, state)`,
       pure; `noise` is this step's draw (zero on the step into the data) or None when not
-      `stochastic`; `options` holds the request's `eta` (float32 tensor) and `ddpm_variance`.
-    stochastic: draw the noise of step i from the seed pair [seed, i + 1].
+      `stochastic`; `options` holds the request's `eta` (float32 tensor) and `ddpm_variance`, and
+      the loop's `index` and `num_steps` (int32 scalars: this network evaluation's index, and their
+      number).
+    stochastic: draw the noise of loop iteration i from the seed pair [seed, i + 1].
     initial_state: `x_T -> state` (a nest of tensors the loop carries), `()` by default.
+    loop_timesteps: `timesteps -> the timesteps of the loop's network evaluations` (the identity by
+      default; `heun_timesteps` evaluates twice per step).
     """
 
     step: typing.Callable
     stochastic: bool = False
     initial_state: typing.Callable = lambda x_T: ()
+    loop_timesteps: typing.Callable = lambda timesteps: timesteps
 
 
 def _ddpm(x, x0, eps, alpha_bar_t, alpha_bar_prev, noise, state, options):
@@ -119,33 +322,235 @@ def _dpmpp_2m(x, x0, eps, alpha_bar_t, alpha_bar_prev, noise, state, options):
     return x, (x0, h, tf.constant(False))
 
 
+def _dpmpp_3m(x, x0, eps, alpha_bar_t, alpha_bar_prev, noise, state, options):
+    (previous_x0, earlier_x0), (h_1, h_2) = state
+    index, num_steps = options["index"], options["num_steps"]
+    # Warm-up from order 1, and orders 2 and 1 on the last two steps (Lu et al. 2022b's
+    # `lower_order_final`, which they recommend below 15 steps; here always: the last step is
+    # into the data, where only x̂_0 is finite, and the one before lands on t = 0).
+    order = tf.minimum(tf.minimum(index + 1, num_steps - index), 3)
+    x, h = dpmpp_3m_step(x, x0, (previous_x0, earlier_x0), alpha_bar_t, alpha_bar_prev, (h_1, h_2), order)
+    return x, ((x0, previous_x0), (h, h_1))
+
+
+def _unipc(x, x0, eps, alpha_bar_t, alpha_bar_prev, noise, state, options):
+    return unipc_step(x, x0, state, alpha_bar_t, alpha_bar_prev, options["index"], options["num_steps"])
+
+
+def _heun(x, x0, eps, alpha_bar_t, alpha_bar_prev, noise, state, options):
+    return heun_step(x, x0, eps, alpha_bar_t, alpha_bar_prev, state)
+
+
+def _dpmpp_2m_sde(x, x0, eps, alpha_bar_t, alpha_bar_prev, noise, state, options):
+    previous_x0, previous_h, is_first = state
+    x, h = dpmpp_2m_sde_step(x, x0, previous_x0, alpha_bar_t, alpha_bar_prev, previous_h, is_first, noise)
+    return x, (x0, h, tf.constant(False))
+
+
+def _multistep_state(x_T):
+    return tf.zeros_like(x_T), tf.constant(1.0, tf.float64), tf.constant(True)
+
+
 SOLVERS = {
     "ddpm": Solver(_ddpm, stochastic=True),
     "ddim": Solver(_ddim, stochastic=True),
-    "dpmpp_2m": Solver(_dpmpp_2m, initial_state=lambda x_T: (tf.zeros_like(x_T), tf.constant(1.0, tf.float64),
-                                                             tf.constant(True))),
+    "dpmpp_2m": Solver(_dpmpp_2m, initial_state=_multistep_state),
+    "dpmpp_3m": Solver(_dpmpp_3m, initial_state=lambda x_T: ((tf.zeros_like(x_T), tf.zeros_like(x_T)),
+                                                            (tf.constant(1.0, tf.float64), tf.constant(1.0, tf.float64)))),
+    "unipc": Solver(_unipc, initial_state=lambda x_T: (tf.zeros_like(x_T), tf.zeros_like(x_T), tf.zeros_like(x_T),
+                                                      tf.constant(0.5, tf.float64), tf.constant(0.5, tf.float64))),
+    "heun": Solver(_heun, initial_state=lambda x_T: (tf.zeros_like(x_T), tf.zeros_like(x_T),
+                                                    tf.constant(0.5, tf.float64), tf.constant(False)),
+                   loop_timesteps=heun_timesteps),
+    "dpmpp_2m_sde": Solver(_dpmpp_2m_sde, stochastic=True, initial_state=_multistep_state),
 }
 SAMPLERS = tuple(SOLVERS)  # the built-in solvers' names
 
 
+def network_evaluations(sampler, num_steps):
+    """How many times `sampler` calls the network for `num_steps` steps (Heun: 2 per step but the last)."""
+    if sampler == "heun":
+        return 2 * num_steps - 1
+    return num_steps
+
+
+# -- timestep spacings -------------------------------------------------------------------------
+def _uniform_spacing(num_steps, top, log_snr):
+    """round(linspace(top, 0, n)): distinct for n ≤ top + 1, since the spacing is ≥ 1."""
+    values = tf.linspace(tf.cast(top, tf.float64), tf.constant(0.0, tf.float64), num_steps)
+    return tf.cast(tf.round(values), tf.int32)
+
+
+def _quadratic_spacing(num_steps, top, log_snr):
+    """t_i = top·(1 − i/(n − 1))²: dense near the data."""
+    fraction = tf.linspace(tf.constant(1.0, tf.float64), tf.constant(0.0, tf.float64), num_steps)
+    return _distinct_timesteps(tf.cast(top, tf.float64) * tf.square(fraction), num_steps, top)
+
+
+def _logsnr_spacing(num_steps, top, log_snr):
+    """λ uniform between λ(top) and λ(0)."""
+    targets = tf.linspace(tf.gather(log_snr, tf.maximum(top, 0)), log_snr[0], num_steps)
+    return _distinct_timesteps(_timesteps_at_log_snr(targets, log_snr), num_steps, top)
+
+
+def _karras_spacing(num_steps, top, log_snr):
+    """σ_i^{1/ρ} uniform between σ(top)^{1/ρ} and σ(0)^{1/ρ} (Karras et al. 2022, eq. 5), σ = e^{−λ}."""
+    inverse_rho = 1.0 / KARRAS_RHO
+    sigma_max, sigma_min = tf.exp(-tf.gather(log_snr, tf.maximum(top, 0))), tf.exp(-log_snr[0])
+    ramp = tf.linspace(sigma_max**inverse_rho, sigma_min**inverse_rho, num_steps)
+    targets = -KARRAS_RHO * tf.math.log(ramp)  # λ = −log σ
+    return _distinct_timesteps(_timesteps_at_log_snr(targets, log_snr), num_steps, top)
+
+
+_SPACING_FUNCTIONS = {"uniform": _uniform_spacing, "logsnr": _logsnr_spacing, "karras": _karras_spacing,
+                      "quadratic": _quadratic_spacing}
+
+
+def _timesteps_at_log_snr(targets, log_snr):
+    """The fractional t at which λ(t), linear between integers, equals each target (λ strictly decreasing)."""
+    last = int(log_snr.shape[0]) - 1
+    upper = tf.clip_by_value(tf.searchsorted(-log_snr, -targets, side="left"), 1, last)  # first t: λ(t) ≤ target
+    lower = upper - 1
+    lambda_lower, lambda_upper = tf.gather(log_snr, lower), tf.gather(log_snr, upper)
+    fraction = tf.clip_by_value((lambda_lower - targets) / (lambda_lower - lambda_upper), 0.0, 1.0)
+    return tf.cast(lower, tf.float64) + fraction
+
+
+def _distinct_timesteps(fractional, num_steps, top):
+    """Rounds decreasing fractional timesteps to distinct integers from `top` down to 0.
+
+    Each target is rounded (half to even), then clipped to [n − 1 − i, top − i] so that the steps
+    before and after it fit, and where two meet (the spacing is denser than the grid, which happens
+    near t = 0) the larger ones move up to the next free t: t_i = max_{j ≥ i}(u_j + j) − i.
+    """
+    index = tf.range(num_steps)
+    rounded = tf.cast(tf.round(fractional), tf.int32)
+    rounded = tf.minimum(tf.maximum(rounded, num_steps - 1 - index), top - index)
+    return tf.scan(tf.maximum, rounded + index, initializer=tf.int32.min, reverse=True) - index
+
+
+def timestep_sequence(num_steps, num_timesteps, spacing="uniform", alphas_cumprod=None, max_timestep=None):
+    """int32 [num_steps]: distinct timesteps from `max_timestep` (default T − 1) down to 0.
+
+    Spacings (`SPACINGS`) place continuous targets, which are then mapped onto the integer grid:
+
+    - "uniform": round(linspace(max_timestep, 0, n)), the spacing every sampler used before (and DDIM's
+      "uniform" skip, Song et al. 2020, App. D.2). Its steps are ≥ 1 apart, so it needs no fix-up.
+    - "quadratic": t_i = max_timestep·(1 − i/(n − 1))², dense near the data — Song et al. 2020's
+      "quadratic" skip, here spanning the whole [0, max_timestep] rather than [0, 0.8 T].
+    - "logsnr": λ = ½ log(ᾱ/(1 − ᾱ)) uniform between λ(max_timestep) and λ(0), the spacing Lu et al.
+      2022 recommend for pixel models.
+    - "karras": σ = √((1 − ᾱ)/ᾱ) with σ^{1/ρ} uniform, ρ = 7 (Karras et al. 2022, eq. 5), between
+      σ(max_timestep) and σ(0).
+
+    The λ and σ targets fall between the model's discrete timesteps: each becomes the fractional t at
+    which λ(t), linear between neighbouring integers, equals it; then targets are rounded to the
+    nearest t. Near t = 0 these spacings are denser than the grid (λ climbs fastest there), so
+    rounding alone would repeat timesteps: where two meet, the larger moves up to the next t not yet
+    used (`_distinct_timesteps`). The sequence is therefore distinct, strictly decreasing, starts at
+    max_timestep and ends at 0 for any 2 ≤ num_steps ≤ max_timestep + 1 (num_steps = max_timestep + 1
+    gives every t, whatever the spacing); one step is [max_timestep], zero steps an empty sequence.
+
+    Args:
+      num_steps: n, a Python int or an int32 tensor.
+      num_timesteps: T of the model.
+      spacing: one of `SPACINGS`, or a string tensor (all four are built and one is picked at run time).
+      alphas_cumprod: ᾱ_t (float64 [T]); needed by "logsnr" and "karras" (and a string tensor).
+      max_timestep: the first timestep (a Python int or an int32 tensor); default T − 1.
+
+    Raises:
+      ValueError: an unknown spacing name, or ᾱ missing where the spacing needs it.
+    """
+    if isinstance(spacing, str) and spacing not in SPACINGS:
+        raise ValueError(f"Unknown spacing. Expected one of {SPACINGS}. Received: spacing={spacing!r}")
+    if alphas_cumprod is None and not (isinstance(spacing, str) and spacing in ("uniform", "quadratic")):
+        raise ValueError(f"spacing={spacing!r} needs alphas_cumprod. Received: alphas_cumprod=None")
+    top = num_timesteps - 1 if max_timestep is None else max_timestep
+    log_snr = None if alphas_cumprod is None else half_log_snr(tf.constant(alphas_cumprod, tf.float64))
+    if num_timesteps == 1:  # only t = 0
+        return _uniform_spacing(num_steps, top, log_snr)
+    if isinstance(spacing, str):
+        return _SPACING_FUNCTIONS[spacing](num_steps, top, log_snr)
+    index = tf.argmax(tf.cast(tf.equal(spacing, tf.constant(list(SPACINGS))), tf.int32), output_type=tf.int32)
+    branches = [functools.partial(_SPACING_FUNCTIONS[name], num_steps, top, log_snr) for name in SPACINGS]
+    return tf.switch_case(index, branches)
+
+
 # -- requests ----------------------------------------------------------------------------------
 def validate_request(num_timesteps, *, sampler="ddpm", num_steps=1, eta=0.0, guidance_scale=None,
-                     ddpm_variance="beta_tilde", trajectory_every=None):
+                     ddpm_variance="beta_tilde", trajectory_every=None, spacing="uniform", strength=None):
     """Raises ValueError naming the argument when a (Python) sampling request is invalid."""
     if sampler not in SOLVERS:
         raise ValueError(f"Unknown sampler. Expected one of {tuple(SOLVERS)}. Received: sampler={sampler!r}")
+    if spacing not in SPACINGS:
+        raise ValueError(f"Unknown spacing. Expected one of {SPACINGS}. Received: spacing={spacing!r}")
     if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps <= num_timesteps:
         raise ValueError(f"num_steps must be an integer in [1, {num_timesteps}]. Received: num_steps={num_steps!r}")
     if not 0.0 <= float(eta) <= 1.0:
         raise ValueError(f"eta must be in [0, 1]. Received: eta={eta!r}")
     if guidance_scale is not None and not np.isfinite(float(guidance_scale)):
         raise ValueError(f"guidance_scale must be finite. Received: guidance_scale={guidance_scale!r}")
+    if strength is not None and not 0.0 <= float(strength) <= 1.0:
+        raise ValueError(f"strength must be in [0, 1]. Received: strength={strength!r}")
     if ddpm_variance not in VARIANCE_TYPES:
         raise ValueError(f"ddpm_variance must be one of {VARIANCE_TYPES}. Received: ddpm_variance={ddpm_variance!r}")
     if trajectory_every is not None and (
         isinstance(trajectory_every, bool) or not isinstance(trajectory_every, int) or trajectory_every < 1
     ):
         raise ValueError(f"trajectory_every must be a positive integer. Received: trajectory_every={trajectory_every!r}")
+
+
+def validate_edit(shape, init_images=None, strength=None, mask=None):
+    """Raises ValueError naming the argument when an edit request is incomplete or its known values are bad.
+
+    `init_images` must have `shape` (the dimensions known now) and be finite; `mask`, the shape of
+    the images or with one channel, holds only 0 and 1; an edit needs `strength`, `mask` or both.
+    Symbolic tensors are trusted.
+    """
+    if init_images is None:
+        for name, value in (("strength", strength), ("mask", mask)):
+            if value is not None:
+                raise ValueError(f"{name} needs init_images. Received: init_images=None")
+        return
+    if strength is None and mask is None:
+        raise ValueError("init_images needs strength (image-to-image) or mask (inpainting). Received: strength=None, "
+                         "mask=None")
+    expected = tuple(d if isinstance(d, (int, np.integer)) else None for d in _static_shape(shape))
+    images = _known_array(init_images)
+    if images is not None and not _shape_matches(images.shape, expected):
+        raise ValueError(f"init_images must have shape {expected}. Received: init_images of shape {images.shape}")
+    if images is not None and not np.all(np.isfinite(images)):
+        raise ValueError("init_images must be finite. Received: init_images with NaN or inf")
+    values = None if mask is None else _known_array(mask)
+    if values is None:
+        return
+    if not (_shape_matches(values.shape, expected) or _shape_matches(values.shape, expected[:-1] + (1,))):
+        raise ValueError(f"mask must have shape {expected} or {expected[:-1] + (1,)}. Received: mask of shape "
+                         f"{values.shape}")
+    if not np.all((values == 0) | (values == 1)):
+        raise ValueError(f"mask must hold only 0 (generate) and 1 (keep). Received: mask with values "
+                         f"{np.unique(values)[:5].tolist()}")
+
+
+def _static_shape(shape):
+    if tf.is_tensor(shape):
+        static = tf.get_static_value(shape)
+        return [None] * int(shape.shape[0]) if static is None else [int(d) for d in static]
+    return [_python_value(d) if not tf.is_tensor(d) or not tf.is_symbolic_tensor(d) else None for d in shape]
+
+
+def _known_array(value):
+    value = _python_value(value)
+    return None if value is _UNKNOWN else np.asarray(value)
+
+
+def _shape_matches(actual, expected):
+    return len(actual) == len(expected) and all(e is None or a == e for a, e in zip(actual, expected))
+
+
+def edit_start_timestep(strength, num_timesteps):
+    """t_s = round(strength·T) − 1 (half to even; int32): SDEdit's start, −1 (no step) for strength 0."""
+    return tf.cast(tf.round(tf.cast(strength, tf.float64) * num_timesteps), tf.int32) - 1
 
 
 def classifier_free_guidance(predict_fn, guidance_scale, null_label):
@@ -180,18 +585,14 @@ def classifier_free_guidance(predict_fn, guidance_scale, null_label):
 
 
 # -- the driver ----------------------------------------------------------------------------
-def timestep_sequence(num_steps, num_timesteps):
-    """int32 [num_steps]: round(linspace(T − 1, 0, num_steps)), T − 1 first, 0 last."""
-    values = tf.linspace(tf.constant(num_timesteps - 1, tf.float64), tf.constant(0.0, tf.float64), num_steps)
-    return tf.cast(tf.round(values), tf.int32)
-
-
 def _reverse_loop(solver, denoise_fn, alpha_bar_table, x_T, timesteps, seed, labels, options, clip_denoised,
-                  trajectory_every):
+                  trajectory_every, after_step=None):
     """Runs one solver over `timesteps` from x_T; returns x_0, or (x_0, trajectory).
 
-    alpha_bar_table[t + 1] = ᾱ_t and alpha_bar_table[0] = ᾱ_{−1} = 1 (the data).
+    alpha_bar_table[t + 1] = ᾱ_t and alpha_bar_table[0] = ᾱ_{−1} = 1 (the data). `after_step(x,
+    alpha_bar_prev, noise)`, if given, maps every step's output (inpainting's known region).
     """
+    timesteps = solver.loop_timesteps(timesteps)
     n = tf.shape(timesteps)[0]
     keep_every = 1 if trajectory_every is None else trajectory_every
     num_frames = (n - 1) // keep_every + 2
@@ -211,7 +612,9 @@ def _reverse_loop(solver, denoise_fn, alpha_bar_table, x_T, timesteps, seed, lab
         if solver.stochastic:
             noise = tf.random.stateless_normal(tf.shape(x), tf.stack([seed, tf.cast(i, tf.int64) + 1]), dtype=x.dtype)
             noise = noise * tf.cast(t_prev >= 0, x.dtype)
-        x, state = solver.step(x, x0, eps, alpha_bar_t, alpha_bar_prev, noise, state, options)
+        x, state = solver.step(x, x0, eps, alpha_bar_t, alpha_bar_prev, noise, state, dict(options, index=i, num_steps=n))
+        if after_step is not None:
+            x = after_step(x, alpha_bar_prev, noise)
         return i + 1, x, state, frames
 
     frames = tf.TensorArray(x_T.dtype, size=num_frames if trajectory_every is not None else 0, element_shape=x_T.shape)
@@ -235,14 +638,41 @@ def opaque(value, dtype, batched=False):
     return tf.raw_ops.PlaceholderWithDefault(input=value, shape=[None] + shape[1:] if batched else shape)
 
 
-def reverse_process(denoise_fn, diffusion, shape, *, seed, num_steps, sampler="ddpm", eta=0.0, x_T=None, labels=None,
-                    ddpm_variance="beta_tilde", clip_denoised=False, trajectory_every=None):
+def _edit_start(alpha_bar_table, num_timesteps, noise, num_steps, init_images, strength):
+    """SDEdit's start (Meng et al. 2022): (x_{t_s} = √ᾱ x_0 + √(1 − ᾱ) ε, t_s, min(num_steps, t_s + 1))."""
+    top = edit_start_timestep(strength, num_timesteps)
+    alpha_bar = tf.gather(alpha_bar_table, top + 1)
+    x_start = _as_dtype(tf.sqrt(alpha_bar), init_images) * init_images + _as_dtype(tf.sqrt(1.0 - alpha_bar), noise) * noise
+    return x_start, top, tf.minimum(num_steps, top + 1)
+
+
+def _keep_known_region(init_images, mask, initial_noise):
+    """The inpainting hook (RePaint, Lugmayr et al. 2022, Algorithm 1, line 5): x ← m ⊙ x^known + (1 − m) ⊙ x.
+
+    x^known = √ᾱ_next x_0 + √(1 − ᾱ_next) ε is a draw of q(x_next | x_0) at the noise level the step
+    reached: with the step's own noise for solvers that draw one (fresh each step, as RePaint; the
+    known and unknown pixels are disjoint, so they stay independent), with the initial ε for the
+    ODE solvers (whose path for a known x_0 that is). Into the data (ᾱ = 1) x^known is x_0 exactly.
+    """
+    known = mask >= 0.5
+
+    def keep(x, alpha_bar_next, noise):
+        noise = initial_noise if noise is None else noise
+        noised = _as_dtype(tf.sqrt(alpha_bar_next), x) * init_images + _as_dtype(tf.sqrt(1.0 - alpha_bar_next), x) * noise
+        return tf.where(known, noised, x)
+
+    return keep
+
+
+def reverse_process(denoise_fn, diffusion, shape, *, seed, num_steps, sampler="ddpm", spacing="uniform", eta=0.0,
+                    x_T=None, labels=None, ddpm_variance="beta_tilde", clip_denoised=False, trajectory_every=None,
+                    init_images=None, strength=None, mask=None):
     """The driver: builds the reverse process in the current graph, trusting its inputs.
 
-    Arguments are those of `sample`, as Python values or tensors (`sampler` a string tensor picks
-    the solver at run time); nothing is validated here. Call it inside a graph (`sample` and
-    `DiffusionModel.sample_model_space` do; eagerly the loop would run op by op). Returns x_0, or
-    (x_0, trajectory).
+    Arguments are those of `sample`, as Python values or tensors (`sampler` and `spacing` string
+    tensors pick the solver and the spacing at run time); nothing is validated here. Call it inside a
+    graph (`sample` and `DiffusionModel.sample_model_space` do; eagerly the loop would run op by op).
+    Returns x_0, or (x_0, trajectory).
     """
     if x_T is None:
         x_T = tf.random.stateless_normal(shape, tf.stack([tf.cast(seed, tf.int64), tf.constant(0, tf.int64)]))
@@ -251,10 +681,18 @@ def reverse_process(denoise_fn, diffusion, shape, *, seed, num_steps, sampler="d
     seed, num_steps = opaque(seed, tf.int64), opaque(num_steps, tf.int32)
     options = {"eta": opaque(eta, tf.float32), "ddpm_variance": ddpm_variance}
     alpha_bar_table = tf.constant(np.append(1.0, diffusion.alphas_cumprod), tf.float64)
-    timesteps = timestep_sequence(num_steps, diffusion.num_timesteps)
-    run = functools.partial(_reverse_loop, denoise_fn=denoise_fn, alpha_bar_table=alpha_bar_table, x_T=x_T,
+    x_start, top, after_step = x_T, None, None
+    if init_images is not None:
+        init_images = opaque(init_images, tf.float32, batched=True)
+        strength = opaque(1.0 if strength is None else strength, tf.float32)
+        x_start, top, num_steps = _edit_start(alpha_bar_table, diffusion.num_timesteps, x_T, num_steps, init_images,
+                                              strength)
+        if mask is not None:
+            after_step = _keep_known_region(init_images, opaque(mask, tf.float32, batched=True), x_T)
+    timesteps = timestep_sequence(num_steps, diffusion.num_timesteps, spacing, diffusion.alphas_cumprod, top)
+    run = functools.partial(_reverse_loop, denoise_fn=denoise_fn, alpha_bar_table=alpha_bar_table, x_T=x_start,
                             timesteps=timesteps, seed=seed, labels=labels, options=options,
-                            clip_denoised=clip_denoised, trajectory_every=trajectory_every)
+                            clip_denoised=clip_denoised, trajectory_every=trajectory_every, after_step=after_step)
     if isinstance(sampler, str):
         return run(SOLVERS[sampler])
     index = tf.argmax(tf.cast(tf.equal(sampler, tf.constant(list(SOLVERS))), tf.int32), output_type=tf.int32)
@@ -275,24 +713,37 @@ def _python_value(value):
     return value.decode() if isinstance(value, bytes) else value
 
 
-def sample(denoise_fn, diffusion, shape, *, sampler="ddpm", num_steps=None, eta=0.0, seed=0, x_T=None, labels=None,
-           ddpm_variance="beta_tilde", clip_denoised=False, trajectory_every=None):
-    """Draws samples of `shape` from the reverse process of `diffusion`.
+def sample(denoise_fn, diffusion, shape, *, sampler="ddpm", num_steps=None, spacing="uniform", eta=0.0, seed=0,
+           x_T=None, labels=None, guidance_scale=None, null_label=None, ddpm_variance="beta_tilde",
+           clip_denoised=False, trajectory_every=None, init_images=None, strength=None, mask=None):
+    """Draws samples of `shape` from the reverse process of `diffusion`, or edits `init_images`.
 
     Args:
       denoise_fn: callable `(x_t, t, labels) -> (x̂_0, ε̂)`, e.g. `DiffusionModel.denoise` (labels
         may be None).
       diffusion: a `GaussianDiffusion`.
       shape: shape of x_T, e.g. `(16, 28, 28, 1)`; the batch size may be a tensor.
-      sampler: "ddpm", "ddim" or "dpmpp_2m" (a string tensor inside a graph).
-      num_steps: model evaluations (default T); fewer steps run on a uniformly respaced subsequence.
+      sampler: one of `SAMPLERS` (a string tensor inside a graph).
+      num_steps: steps (default T) on the `spacing`'s timesteps; `network_evaluations` counts the
+        network calls (Heun's are 2·num_steps − 1).
+      spacing: one of `SPACINGS` (see `timestep_sequence`; a string tensor inside a graph).
       eta: DDIM's η ∈ [0, 1].
       seed: integer seed of every random draw.
-      x_T: optional initial noise (overrides the seed's x_T).
+      x_T: optional initial noise (overrides the seed's x_T; an edit's ε).
       labels: optional int32 [N] class labels, passed to denoise_fn.
+      guidance_scale, null_label: classifier-free guidance of denoise_fn's (x̂_0, ε̂) with weight w
+        and the null class (`classifier_free_guidance`); None: denoise_fn as given.
       ddpm_variance: σ² of the DDPM step, "beta_tilde" (β̃_t) or "beta" (β_t).
       clip_denoised: clip x̂_0 to [−1, 1] at every step (for data in [−1, 1]).
-      trajectory_every: if set to k, also return x_t before every k-th step and x_0.
+      trajectory_every: if set to k, also return x_t before every k-th network evaluation and x_0.
+      init_images: images of `shape` in model space to edit (SDEdit and/or inpainting).
+      strength: image-to-image strength in [0, 1]: start from q_sample(init_images, t_s, ε) with
+        t_s = round(strength·T) − 1 and run min(num_steps, t_s + 1) steps of the spacing on [0, t_s];
+        0 returns init_images, 1 starts from q(x_{T−1} | x_0) ≈ N(0, I) (plain sampling but for
+        √ᾱ_{T−1}·x_0). Default 1 when only `mask` is given.
+      mask: 1 where init_images is kept, 0 where it is generated, of `shape` or with one channel;
+        the kept pixels are replaced after every step (see `_keep_known_region`) and equal
+        init_images at the end.
 
     Returns:
       x_0 (float32), or `(x_0, trajectory)` with trajectory [frames, *shape] when
@@ -302,13 +753,19 @@ def sample(denoise_fn, diffusion, shape, *, sampler="ddpm", num_steps=None, eta=
       ValueError: a request value known now (Python, NumPy or eager) is invalid; symbolic tensors
         are trusted.
     """
-    request = {"sampler": sampler, "num_steps": diffusion.num_timesteps if num_steps is None else num_steps, "eta": eta}
+    request = {"sampler": sampler, "num_steps": diffusion.num_timesteps if num_steps is None else num_steps, "eta": eta,
+               "spacing": spacing}
     known = {k: v for k, v in ((k, _python_value(v)) for k, v in request.items()) if v is not _UNKNOWN}
-    validate_request(diffusion.num_timesteps, **known, ddpm_variance=ddpm_variance, trajectory_every=trajectory_every)
+    checked = {k: v for k, v in (("guidance_scale", _python_value(guidance_scale)), ("strength", _python_value(strength)))
+               if v is not _UNKNOWN}
+    validate_request(diffusion.num_timesteps, **known, **checked, ddpm_variance=ddpm_variance,
+                     trajectory_every=trajectory_every)
+    validate_edit(shape, init_images, strength, mask)
     request.update(known)
-    run = functools.partial(reverse_process, denoise_fn, diffusion, shape, seed=seed, x_T=x_T, labels=labels,
-                            ddpm_variance=ddpm_variance, clip_denoised=clip_denoised,
-                            trajectory_every=trajectory_every, **request)
+    run = functools.partial(reverse_process, classifier_free_guidance(denoise_fn, guidance_scale, null_label), diffusion,
+                            shape, seed=seed, x_T=x_T, labels=labels, ddpm_variance=ddpm_variance,
+                            clip_denoised=clip_denoised, trajectory_every=trajectory_every, init_images=init_images,
+                            strength=strength, mask=mask, **request)
     if not tf.executing_eagerly():
         return run()
     # Op by op, the network would round differently from any graph of it: grappler fuses Conv2D +

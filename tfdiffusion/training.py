@@ -75,18 +75,20 @@ class ProgressBar(keras.callbacks.Callback):
       log_every: steps between lines when not on a terminal.
       stream: where to write (default sys.stdout).
       interactive: redraw in place (default: whether `stream` is a terminal).
+      clock: seconds, as `time.monotonic`.
     """
 
-    def __init__(self, total_steps, log_every, stream=None, interactive=None):
+    def __init__(self, total_steps, log_every, stream=None, interactive=None, clock=time.monotonic):
         super().__init__()
         self.total_steps, self.log_every = total_steps, log_every
         self.stream = stream or sys.stdout
         self.interactive = self.stream.isatty() if interactive is None else interactive
+        self.clock = clock
         self._timed_from = None
         self._last_draw = 0.0
 
     def on_train_batch_end(self, batch, logs=None):
-        step, now = int(self.model.optimizer.iterations.numpy()), time.monotonic()
+        step, now = int(self.model.optimizer.iterations.numpy()), self.clock()
         if self._timed_from is None:
             self._timed_from = (step, now)
         first_step, started = self._timed_from

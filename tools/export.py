@@ -1,17 +1,22 @@
 r"""Exports a trained tfdiffusion model for TensorFlow Serving.
 
-    python tools/export.py --workdir=/tmp/mnist_run --export_base=/srv/models [--name=mnist] [--version=3]
+    python tools/export.py --workdir=runs/moons --export_base=runs/serving [--name=moons] [--version=3]
 
 Loads WORKDIR/model.keras (written by the training binary), writes the SavedModel to
-EXPORT_BASE/NAME/VERSION/ and adds NAME to EXPORT_BASE/models.config, then prints the
-version directory. NAME defaults to the "name" of WORKDIR/config.json, else to the
-basename of WORKDIR; VERSION defaults to the next free integer. See docs/SERVING.md.
+EXPORT_BASE/NAME/VERSION/ and adds NAME to EXPORT_BASE/models.config. Then prints what a request
+to this model may ask for (T, classes, sample shape, the bound on num_samples), a REST body the
+model accepts, and, last, the version directory. NAME defaults to the "name" of
+WORKDIR/config.json, else to the basename of WORKDIR; VERSION defaults to the next free integer.
+See docs/SERVING.md. Bad input ends with one line naming the flag and the value received, and
+exit status 1.
 """
 
 import json
 import os
 
-from absl import app, flags
+from absl import flags
+
+from tfdiffusion import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training directory holding model.keras (and config.json).")
@@ -35,42 +40,71 @@ def default_name(workdir):
             with open(config_path, encoding="utf-8") as f:
                 config = json.load(f)
         except (OSError, ValueError) as error:
-            raise SystemExit(f"Cannot read {config_path}: {error}. Received: --workdir={workdir!r}")
+            raise cli.UsageError(f"Cannot read {config_path}: {error}. Received: --workdir={workdir!r}")
         if isinstance(config, dict) and isinstance(config.get("name"), str) and config["name"]:
             return config["name"]
     return os.path.basename(os.path.normpath(os.path.abspath(workdir)))
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments. Received: {argv[1:]}")
+def check_flags():
+    """The checks that need no TensorFlow: bad values, a missing model, a version that exists."""
     if FLAGS.version is not None and FLAGS.version < 1:
-        raise app.UsageError(f"--version must be an integer >= 1. Received: --version={FLAGS.version}")
+        raise cli.UsageError(f"--version must be an integer >= 1. Received: --version={FLAGS.version}")
     if FLAGS.max_num_samples is not None and FLAGS.max_num_samples < 1:
-        raise app.UsageError(f"--max_num_samples must be >= 1. Received: --max_num_samples={FLAGS.max_num_samples}")
+        raise cli.UsageError(f"--max_num_samples must be >= 1. Received: --max_num_samples={FLAGS.max_num_samples}")
     model_path = os.path.join(FLAGS.workdir, "model.keras")
     if not os.path.isfile(model_path):
-        raise SystemExit(f"No trained model: {model_path} does not exist. Received: --workdir={FLAGS.workdir!r}")
-    name = FLAGS.name or default_name(FLAGS.workdir)
+        raise cli.UsageError(f"No trained model: {model_path} does not exist. Received: --workdir={FLAGS.workdir!r}")
     if FLAGS.version is not None:
-        version_dir = os.path.abspath(os.path.join(FLAGS.export_base, name, str(FLAGS.version)))
+        version_dir = os.path.abspath(os.path.join(FLAGS.export_base, FLAGS.name or default_name(FLAGS.workdir),
+                                                   str(FLAGS.version)))
         if os.path.lexists(version_dir):
-            raise SystemExit(f"Refusing to overwrite an existing export. Received: --version={FLAGS.version} "
-                             f"({version_dir} exists)")
+            raise cli.UsageError(f"Refusing to overwrite an existing export ({version_dir} exists). "
+                                 f"Received: --version={FLAGS.version}")
 
-    # After the flag checks: a bad command line fails without loading TensorFlow.
+
+def request_limits(model, max_num_samples):
+    """What a `sample` request to the exported `model` may ask for, as printable lines, and a body it accepts."""
+    from tfdiffusion import samplers
+
+    T = model.diffusion.num_timesteps
+    bound = f"<= {max_num_samples}" if max_num_samples else ">= 1 (no upper bound; --max_num_samples sets one)"
+    if model.num_classes is None:
+        classes = "unconditional: labels and guidance_scale are ignored (send any one label, e.g. [0])"
+        labels, guidance_scale = [0], 0.0
+    else:
+        classes = (f"{model.num_classes} classes: one label per sample in [0, {model.num_classes}] "
+                   f"({model.num_classes} = no class, for classifier-free guidance)")
+        labels, guidance_scale = [0, min(1, model.num_classes - 1)], 2.0
+    lines = [
+        f"T = {T}: num_steps in [1, {T}]",
+        classes,
+        f"samples of shape [num_samples, {', '.join(str(d) for d in model.data_shape)}]; num_samples {bound}",
+        f"sampler one of {', '.join(samplers.SAMPLERS)}; eta in [0, 1]",
+    ]
+    body = {"signature_name": "sample",
+            "inputs": {"seed": 3, "num_samples": 2, "num_steps": min(T, 20), "sampler": "ddim", "eta": 0.0,
+                       "guidance_scale": guidance_scale, "labels": labels}}
+    return lines, body
+
+
+def main(argv):
+    del argv  # cli.run refuses positional arguments, and has run check_flags
     from tfdiffusion import builders, export
 
-    model = builders.load_model(model_path, compile=False)
+    name = FLAGS.name or default_name(FLAGS.workdir)
+    model = builders.load_model(os.path.join(FLAGS.workdir, "model.keras"), compile=False)
     if FLAGS.compute_dtype == "bfloat16":
         model = model.with_dtype_policy("mixed_bfloat16")
-    try:
-        path = export.export_for_serving(model, FLAGS.export_base, name, FLAGS.version,
-                                         serving_base=FLAGS.serving_base, max_num_samples=FLAGS.max_num_samples)
-    except (FileExistsError, ValueError) as error:
-        raise SystemExit(f"Export failed: {error}")
+    path = export.export_for_serving(model, FLAGS.export_base, name, FLAGS.version,
+                                     serving_base=FLAGS.serving_base, max_num_samples=FLAGS.max_num_samples)
+    lines, body = request_limits(model, FLAGS.max_num_samples)
+    print(f"Exported {name!r}. Requests to its `sample` signature:")
+    for line in lines:
+        print(f"  {line}")
+    print(f"A REST body it accepts (POST /v1/models/{name}:predict): {json.dumps(body)}")
     print(path)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, output_dirs=("export_base",), precheck=check_flags)

@@ -1,0 +1,184 @@
+"""The benchmark scripts still run: imports, flags, a seconds-long smoke of the timed ones, the run summary.
+
+They time nothing here (a unit test is no place for a speed claim): each script runs in its own
+process with tiny counts, so that a renamed library function or a broken import fails CI rather
+than the next benchmark run. The PyTorch peer's faithfulness check runs only where torch is installed.
+"""
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+# Every script but the two that must not import TensorFlow, which are run on their own below.
+TENSORFLOW_SCRIPTS = tuple(sorted(p.name for p in BENCHMARKS.glob("*.py")
+                                  if p.name not in ("common.py", "summarize_run.py", "peers_torch.py")))
+
+
+def run_python(args, *, timeout=300, **kwargs):
+    """`python args...` from the repository root with benchmarks/ importable; the CompletedProcess."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(BENCHMARKS), os.environ.get("PYTHONPATH", "")]),
+               TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout,
+                          **kwargs)
+
+
+def json_lines(stdout):
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def test_common_does_not_import_tensorflow():
+    # The PyTorch peer's process uses the harness; TensorFlow there would inflate its peak RSS.
+    code = ("import sys, common\n"
+            "info = common.machine_info({'torch': 'x', 'torch_threads': 1, 'onednn': False})\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'torch')), "
+            "info['auto_precision'], 'amx_bf16' in info)\n")
+    result = run_python(["-c", code], timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    modules, policy, has_flag = result.stdout.split()[:-2], result.stdout.split()[-2], result.stdout.split()[-1]
+    assert modules == ["[]"] and policy in ("float32", "mixed_bfloat16") and has_flag == "True", result.stdout
+
+
+def test_every_tensorflow_script_imports_and_defines_its_flags():
+    # One process (one TensorFlow import): each script's module body runs, then its flags are removed
+    # so that the next script may define flags of the same names.
+    code = (
+        "import runpy, sys\nfrom absl import flags\nimport common\n"
+        "baseline = set(flags.FLAGS)\n"
+        f"for name in {TENSORFLOW_SCRIPTS!r}:\n"
+        "    module = runpy.run_path('benchmarks/' + name, run_name='under_test')\n"
+        "    defined = sorted(set(flags.FLAGS) - baseline)\n"
+        "    print(name, callable(module.get('main')), len(defined))\n"
+        "    for flag in defined:\n"
+        "        delattr(flags.FLAGS, flag)\n"
+    )
+    result = run_python(["-c", code], timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()}
+    assert set(rows) == set(TENSORFLOW_SCRIPTS), result.stdout
+    scripts = {name: values for name, values in rows.items() if name != "peers.py"}  # peers.py is a module
+    assert all(has_main == "True" and int(count) > 0 for has_main, count in scripts.values()), rows
+
+
+def test_train_throughput_smoke(tmp_path):
+    markdown = tmp_path / "bench.md"
+    result = run_python(["benchmarks/train_throughput.py", "--network=seed_unet", "--batch_size=2", "--cache_batches=1",
+                         "--warmup_steps=0", "--timed_steps=1", "--repeats=1", "--extra_repeats=0",
+                         f"--markdown={markdown}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json_lines(result.stdout)[-1]
+    assert summary["event"] == "summary" and summary["params"] == 2_020_353, summary
+    assert summary["images_per_s"] > 0 and summary["precision"] == "float32", summary
+    assert summary["machine"]["auto_precision"] in ("float32", "mixed_bfloat16"), summary["machine"]
+    assert "| seed_unet | 2,020,353 | 2 | float32 |" in markdown.read_text(), markdown.read_text()
+
+
+def test_sampling_smoke_in_bfloat16(tmp_path):
+    result = run_python(["benchmarks/sampling.py", "--sampler=dpmpp_2m", "--num_steps=2", "--batch_size=1",
+                         "--modes=inprocess,eager", "--precision=mixed_bfloat16", "--repeats=1", "--extra_repeats=0",
+                         "--markdown="])
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json_lines(result.stdout)[-1]
+    assert summary["precision"] == "mixed_bfloat16" and summary["inprocess_s"] > 0, summary
+    # The eager loop draws the same samples as the compiled one, up to bf16 round-off.
+    assert summary["eager_max_abs_diff"] < 0.5, summary
+
+
+def _summary(benchmark, **fields):
+    machine = {"date": "2026-11-30T00:00:00Z", "cpu_model": "test CPU", "cores": 2, "cpu_flags": ["amx_bf16"],
+               "amx_bf16": True, "avx512_bf16": True, "auto_precision": "mixed_bfloat16",
+               "auto_precision_reason": "auto: a CPU with AMX (amx_bf16)", "python": "3", "numpy": "2",
+               "tensorflow": "2", "keras": "3", "onednn": True}
+    return {"event": "summary", "benchmark": benchmark, "batch_size": 64, "steps_per_execution": 1,
+            "jit_compile": False, "contended": False, "peak_rss_mb": 900.0, "machine": machine, **fields}
+
+
+def test_summarize_run_forms_the_ratios_and_targets(tmp_path):
+    records = [
+        _summary("train_throughput", network="seed_unet", precision="float32", images_per_s=120.0),
+        _summary("train_throughput", network="plain_keras_port", precision="float32", images_per_s=100.0),
+        _summary("train_throughput", network="seed_unet", precision="mixed_bfloat16", images_per_s=300.0),
+        _summary("train_throughput", network="pytorch_port", precision="bf16_autocast", torch_compile=False,
+                 images_per_s=250.0),
+        *[_summary("sampling", batch_size=16, sampler="dpmpp_2m", num_steps=20, precision=precision,
+                   inprocess_s=seconds, inprocess_contended=False) for precision, seconds in
+          (("float32", 1.0), ("mixed_bfloat16", 0.6))],
+    ]
+    jsonl = tmp_path / "run.jsonl"
+    jsonl.write_text("not json\n" + "".join(json.dumps(r) + "\n" for r in records))
+    result = run_python(["benchmarks/summarize_run.py", f"--jsonl={jsonl}", f"--markdown={tmp_path / 'bench.md'}"],
+                        timeout=60)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = {r["metric"]: r for r in json_lines(result.stdout)}
+    assert metrics["seed_unet / plain_keras_port (float32)"]["value"] == pytest.approx(1.2)
+    assert metrics["seed_unet / plain_keras_port (float32)"]["met"] is True
+    bf16 = metrics["seed_unet mixed_bfloat16 / fastest pytorch_port bf16_autocast (eager)"]
+    assert bf16["value"] == pytest.approx(1.2) and bf16["target"] == ">= 1.15" and bf16["met"] is True
+    assert metrics["sampling mixed_bfloat16 / float32 in-process time (dpmpp_2m 20)"]["value"] == pytest.approx(0.6)
+    assert metrics['tfdiffusion mixed_precision="auto" here']["value"].startswith("mixed_bfloat16 (auto: a CPU with AMX")
+    assert "## Run summary" in (tmp_path / "bench.md").read_text()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is not None, reason="PyTorch is installed")
+def test_pytorch_peer_without_torch_says_how_to_install_it():
+    result = run_python(["benchmarks/peers_torch.py", "--help"], timeout=60)
+    assert result.returncode == 1 and "pip install torch" in result.stderr, result.stderr[-2000:]
+
+
+PORT_CHECK = """
+import numpy as np, torch
+import peers_torch
+from tfdiffusion import layers
+
+keras_net, network = layers.SeedUNet(output_channels=1), peers_torch.build_network()
+x = np.random.default_rng(0).uniform(-1.0, 1.0, (4, 28, 28, 1)).astype(np.float32)
+t = np.array([0, 1, 199, 399], np.int32)
+expected = np.asarray(keras_net(x, t))
+with torch.no_grad():  # Keras kernels HWIO (transposed convs HWOI) and IO -> torch OIHW (IOHW) and OI
+    def copy(keras_layer, torch_layer):
+        kernel = keras_layer.kernel.numpy()
+        kernel = kernel.T if kernel.ndim == 2 else kernel.transpose(3, 2, 0, 1)
+        torch_layer.weight.copy_(torch.from_numpy(kernel.copy()))
+        torch_layer.bias.copy_(torch.from_numpy(keras_layer.bias.numpy()))
+    embedding = keras_net.time_embedding
+    pairs = list(zip([*embedding.hidden_layers, embedding.output_layer],
+                     [m for m in network.time_mlp if isinstance(m, torch.nn.Linear)], strict=True))
+    pairs += [(keras_net.initial_conv, network.initial_conv), (keras_net.final_conv, network.final_conv)]
+    pairs += list(zip(keras_net.up_samplers, network.up_samplers, strict=True))
+    for keras_block, torch_block in zip([*keras_net.down_blocks, keras_net.bottleneck, *keras_net.up_blocks],
+                                        [*network.down_blocks, network.bottleneck, *network.up_blocks], strict=True):
+        pairs += [(getattr(keras_block, n), getattr(torch_block, n)) for n in ("conv1", "time_dense", "conv2")]
+    for keras_layer, torch_layer in pairs:
+        copy(keras_layer, torch_layer)
+    x_torch = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    got = network(x_torch, torch.from_numpy(t).long()).permute(0, 2, 3, 1).numpy()
+print(keras_net.count_params(), peers_torch.count_params(network), float(np.max(np.abs(got - expected))),
+      float(np.max(np.abs(expected))))
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="PyTorch is not installed")
+def test_pytorch_port_computes_the_seed_unet():
+    # Same weights, same inputs: the independent port must be the network it is compared with.
+    result = run_python(["-c", PORT_CHECK], timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    keras_params, torch_params, max_abs_diff, max_abs_output = result.stdout.split()[-4:]
+    assert int(keras_params) == int(torch_params) == 2_020_353
+    assert float(max_abs_diff) <= 1e-4 * max(1.0, float(max_abs_output)), result.stdout
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="PyTorch is not installed")
+def test_pytorch_peer_smoke(tmp_path):
+    result = run_python(["benchmarks/peers_torch.py", "--precision=bf16_autocast", "--batch_size=2", "--cache_batches=1",
+                         "--warmup_steps=1", "--timed_steps=2", "--repeats=1", "--extra_repeats=0", "--markdown="],
+                        timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json_lines(result.stdout)[-1]
+    assert summary["network"] == "pytorch_port" and summary["params"] == 2_020_353, summary
+    assert "torch" in summary["machine"] and "tensorflow" not in summary["machine"], summary["machine"]
