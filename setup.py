@@ -16,6 +16,7 @@ setup(
         "tensorflow-datasets>=4.9",
         "importlib_resources",  # tensorflow-datasets 4.9.10 imports it without declaring it
         "numpy",
+        "scipy",  # metrics (sqrtm) and analytic (the exact ODE solution)
         "matplotlib",
         "absl-py",
         "ml-collections",

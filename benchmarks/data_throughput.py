@@ -2,14 +2,11 @@
 
     python benchmarks/data_throughput.py
 
-Writes `--num_images` RGB images of `--stored_size`² as PNG and as JPEG (quality 90) folders (smooth
-colour fields with mild noise, compressing about as photographs do) and times blocks of
-`--timed_batches` batches of `data.image_folder(…, random_flip=True).batches`: read, decode, resize
-to `--image_size` (a pass-through when it equals the stored size; `--stored_size=96` times a real
-resize), flip. Then blocks of `--train_timed_steps` training steps of `--config` inside one `fit`,
-fed from the PNG folder (streamed) and from the same batches decoded into memory. Smoke test:
-    python benchmarks/data_throughput.py --num_images=32 --batch_size=8 --timed_batches=2 --repeats=1 \
-        --extra_repeats=0 --config=configs/images.py:tiny --train_timed_steps=2 --markdown=/tmp/smoke.md
+PNG and JPEG (quality 90) folders of smooth colour fields with mild noise (compressing about as photos
+do) time `data.image_folder(…, random_flip=True)` batches: read, decode, resize (a pass-through when
+--image_size equals --stored_size), flip; then `--config`'s training steps inside one `fit`, fed from
+the PNG folder (streamed) and from the same batches in memory. Smoke: --num_images=32 --batch_size=8
+--timed_batches=2 --repeats=1 --extra_repeats=0 --config=configs/images.py:tiny --train_timed_steps=2
 """
 
 import os
@@ -31,9 +28,8 @@ flags.DEFINE_integer("stored_size", 64, "Side of the stored images.", lower_boun
 flags.DEFINE_integer("image_size", 64, "Side the pipeline resizes to.", lower_bound=1)
 flags.DEFINE_integer("batch_size", 64, "Images per batch (the pipeline's and the training step's).", lower_bound=1)
 flags.DEFINE_integer("timed_batches", 20, "Batches per timed pipeline block.", lower_bound=1)
-flags.DEFINE_integer("train_warmup_steps", 3, "Untimed training steps (after the compiling one).", lower_bound=0)
+flags.DEFINE_integer("train_warmup_steps", 3, "Untimed training steps (after the compiling one).", lower_bound=1)
 flags.DEFINE_integer("train_timed_steps", 10, "Training steps per timed block.", lower_bound=1)
-flags.DEFINE_string("folder_dir", "", "Where to write the folders ('' for a temporary directory).")
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/images.py", "The config whose training step is timed.",
                                           lock_config=False)
 common.define_timing_flags()
@@ -41,12 +37,10 @@ FLAGS = flags.FLAGS
 
 
 def write_folder(directory, image_format):
-    """`--num_images` images of `--stored_size`² in `directory`, encoded as `image_format`."""
-    os.makedirs(directory, exist_ok=True)
+    """`--num_images` images of `--stored_size`² in `directory` (made by `write_file`), encoded as `image_format`."""
     smooth, _ = data.synthetic_images((FLAGS.stored_size, FLAGS.stored_size, 3), FLAGS.num_images, seed=0)
-    noise = np.random.default_rng(1).normal(0.0, 6.0, smooth.shape)
-    pixels = np.clip((smooth + 1.0) * 127.5 + noise, 0, 255).astype(np.uint8)
-    for i, image in enumerate(pixels):
+    pixels = np.clip((smooth + 1.0) * 127.5 + np.random.default_rng(1).normal(0.0, 6.0, smooth.shape), 0, 255)
+    for i, image in enumerate(pixels.astype(np.uint8)):
         encoded = tf.io.encode_png(image) if image_format == "png" else tf.io.encode_jpeg(image, quality=90)
         tf.io.write_file(os.path.join(directory, f"{i:06d}.{image_format}"), encoded)
     return directory
@@ -54,10 +48,9 @@ def write_folder(directory, image_format):
 
 def pipeline_runs(folder):
     """Timer records of blocks of `--timed_batches` batches from the streamed folder pipeline."""
-    source = data.image_folder(folder, image_size=(FLAGS.image_size,) * 2, channels=3, random_flip=True)
-    iterator = iter(source.batches(FLAGS.batch_size, seed=0))
-    for _ in range(2):  # fills the parallel map's and the prefetch buffers
-        next(iterator)
+    iterator = iter(data.image_folder(folder, image_size=(FLAGS.image_size,) * 2, channels=3,
+                                      random_flip=True).batches(FLAGS.batch_size, seed=0))
+    next(iterator), next(iterator)  # fills the parallel map's and the prefetch buffers
 
     def block():
         for _ in range(FLAGS.timed_batches):
@@ -72,28 +65,27 @@ class TimedBlocks(keras.callbacks.Callback):
 
     def __init__(self, warmup, block):
         super().__init__()
-        self.warmup, self.block, self.runs, self.steps, self.timer = warmup, block, [], 0, None
+        self.warmup, self.block, self.runs, self.steps, self.timer, self.opened = warmup, block, [], 0, None, 0
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
-        if self.timer is not None and (self.steps - self.warmup) % self.block == 0:
+        if self.timer is not None and self.steps - self.opened == self.block:
             self.timer.__exit__(None, None, None)
             self.runs.append(self.timer.record())
             self.timer = None
             self.model.stop_training = common.enough_runs(self.runs, FLAGS.repeats, FLAGS.extra_repeats)
         if self.steps >= self.warmup and self.timer is None and not self.model.stop_training:
-            self.timer = common.timed_section().__enter__()
+            self.timer, self.opened = common.timed_section().__enter__(), self.steps
 
 
 def training_runs(config, examples):
     """Timer records of blocks of `--train_timed_steps` training steps fed by `examples`."""
     model = builders.build_compiled_model(config, examples.element_shape, class_names=examples.class_names)
     dataset = examples.batches(FLAGS.batch_size, seed=0, with_labels=model.num_classes is not None)
-    model.fit(dataset, steps_per_epoch=1, epochs=1, verbose=0)  # compiles
+    model.fit(dataset, steps_per_epoch=1, epochs=1, verbose=0, shuffle=False)  # compiles
     timed = TimedBlocks(FLAGS.train_warmup_steps, FLAGS.train_timed_steps)
-    blocks = FLAGS.repeats + FLAGS.extra_repeats
-    model.fit(dataset, steps_per_epoch=FLAGS.train_warmup_steps + blocks * FLAGS.train_timed_steps, epochs=1,
-              verbose=0, callbacks=[timed])
+    steps = FLAGS.train_warmup_steps + (FLAGS.repeats + FLAGS.extra_repeats) * FLAGS.train_timed_steps
+    model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False, callbacks=[timed])
     return timed.runs
 
 
@@ -101,22 +93,21 @@ def report(table, label, runs, per_block, unit, info, command):
     """Emits the runs as JSON and appends a row of their median to `table` of --markdown."""
     summary = common.summarize(runs)
     value = per_block / summary["median_wall_s"] if unit == "images/s" else 1000 * summary["median_wall_s"] / per_block
-    row = {"date": common.row_date(info), "what": label, unit: value, "runs used": summary["num_uncontended"] or
-           summary["num_runs"], "other CPU": summary["median_other_cpu_fraction"], "contended": summary["contended"],
+    row = {"date": common.row_date(info), "what": label, unit: value, "runs": summary["num_runs"],
+           "other CPU": summary["median_other_cpu_fraction"], "contended": summary["contended"],
            "environment": common.short_environment(info)}
     common.emit_json({"benchmark": "data_throughput", "table": table, **row, "runs": runs})
     common.append_markdown_row(table, row, command, info)
 
 
-def main(argv):
-    del argv
+def main(_):
     info, command = common.machine_info(), common.command_line()
-    root = FLAGS.folder_dir or tempfile.mkdtemp(prefix="data_throughput_")
+    root = tempfile.mkdtemp(prefix="data_throughput_")
     sizes = f"{FLAGS.stored_size}² → {FLAGS.image_size}², batch {FLAGS.batch_size}"
     folders = {fmt: write_folder(os.path.join(root, fmt), fmt) for fmt in ("png", "jpeg")}
-    for image_format in ("png", "jpeg"):
-        report("Data throughput", f"{image_format.upper()} folder, {sizes}, decode+resize+flip",
-               pipeline_runs(folders[image_format]), FLAGS.timed_batches * FLAGS.batch_size, "images/s", info, command)
+    for fmt, folder in folders.items():
+        report("Data throughput", f"{fmt.upper()} folder, {sizes}, decode+resize+flip", pipeline_runs(folder),
+               FLAGS.timed_batches * FLAGS.batch_size, "images/s", info, command)
     config = _CONFIG.value
     config.data.update({"path": folders["png"], "image_size": FLAGS.image_size, "batch_size": FLAGS.batch_size})
     streamed = builders.training_data(config.data, config.seed)

@@ -42,6 +42,7 @@ flags.DEFINE_integer("threads", 0, "torch.set_num_threads (0: the CPUs this proc
 flags.DEFINE_enum("adam_impl", "default", ADAM_IMPLS, "torch.optim.Adam's kernel (default: torch's choice).")
 flags.DEFINE_integer("seed", 0, "Seed of the weights, the data and the draws.")
 common.define_throughput_flags()
+flags.adopt_module_key_flags(common)  # --help lists the shared flags too
 FLAGS = flags.FLAGS
 
 

@@ -30,6 +30,7 @@ flags.DEFINE_string("workdir_base", None, "Where the three workdirs go (default:
 flags.DEFINE_string("figure", None, "PNG of the curves (default docs/figures/<name>_precision_loss.png).")
 flags.mark_flags_as_required(["config"])
 common.define_markdown_flag()
+flags.adopt_module_key_flags(common)  # --help lists the shared flags too
 flags.register_multi_flags_validator(["steps", "log_every"], lambda f: f["steps"] % f["log_every"] == 0,
                                      "--log_every must divide --steps")
 FLAGS = flags.FLAGS

@@ -34,6 +34,7 @@ flags.register_validator("modes", lambda modes: modes and set(modes) <= set(MODE
 flags.DEFINE_string("model", None, "A saved DiffusionModel (.keras); default: an untrained SeedUNet.")
 flags.DEFINE_enum("precision", "float32", ("float32", "mixed_bfloat16", "auto"), "The network's compute precision.")
 common.define_timing_flags(extra_repeats=1)
+flags.adopt_module_key_flags(common)  # --help lists the shared flags too
 FLAGS = flags.FLAGS
 
 

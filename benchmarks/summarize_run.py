@@ -19,6 +19,7 @@ import common
 flags.DEFINE_string("jsonl", None, "The JSON lines of one run.", required=True)
 flags.DEFINE_string("command", "bash benchmarks/run_all.sh", "The command of the run.")
 common.define_markdown_flag()
+flags.adopt_module_key_flags(common)  # --help lists the shared flags too
 FLAGS = flags.FLAGS
 
 

@@ -42,6 +42,7 @@ _COMPARE = flags.DEFINE_list("compare", [], "JSON-lines files of finished runs: 
 _FIGURE = flags.DEFINE_string("figure", os.path.join(common.REPO_ROOT, "docs", "figures", "time_to_quality.png"),
                               "FID-vs-minutes figure of --compare.")
 common.define_markdown_flag()
+flags.adopt_module_key_flags(common)  # --help lists the shared flags too
 
 
 class WallClockSnapshots(keras.callbacks.Callback):

@@ -36,6 +36,7 @@ flags.DEFINE_bool("jit_compile", False, "XLA (0 = graph mode + oneDNN, the CPU d
 flags.DEFINE_integer("steps_per_execution", 1, "Steps per `fit` execution (step counts round up to it).",
                      lower_bound=1)
 common.define_throughput_flags()
+flags.adopt_module_key_flags(common)  # --help lists the shared flags too
 FLAGS = flags.FLAGS
 
 

@@ -316,6 +316,17 @@ def test_train_classifier_on_a_labelled_folder(tmp_path):
         evaluation.train_classifier(str(tmp_path / "other"), data_path=str(folder), test_path=str(tmp_path / "test"))
 
 
+def test_train_classifier_on_a_tfds_dataset(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=12):  # random JPEGs of every size, 102 named classes
+        summary = evaluation.train_classifier(str(tmp_path), "oxford_flowers102", test_split="validation",
+                                              image_size=16, epochs=1, batch_size=6, verbose=0)
+    assert summary["dataset"] == "oxford_flowers102" and summary["image_shape"] == [16, 16, 3]
+    assert len(summary["class_names"]) == 102 and summary["class_names"][0] == "pink primrose"
+    assert summary["num_train"] == 12 and summary["num_test"] == 12 and 0.0 <= summary["test_accuracy"] <= 1.0
+    assert keras.saving.load_model(summary["classifier"]).output.shape[-1] == 102
+
+
 @pytest.mark.parametrize("argument, message", [
     (dict(dataset="no_such_set"), "Received: dataset='no_such_set'"),
     (dict(dataset="folder"), "dataset='folder' needs data_path. Received: data_path=None"),
@@ -358,7 +369,8 @@ def test_evaluate_binary_missing_model_exits_1_naming_the_path(tmp_path):
 
 
 def test_evaluate_binary_feature_flags_reach_the_library(moons_workdir, tmp_path):
-    result = run_tool("evaluate.py", f"--model={moons_workdir}", "--features=classifier", f"--output={tmp_path / 'r.json'}")
+    result = run_tool("evaluate.py", f"--model={moons_workdir}", "--features=classifier",
+                      f"--output={tmp_path / 'r.json'}")
     assert result.returncode == 1 and len(error_lines(result)) == 1
     assert "features='classifier' needs a classifier. Received: classifier=None" in error_lines(result)[0]
 

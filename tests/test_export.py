@@ -42,12 +42,15 @@ SIGNATURE_INPUTS = {
         "eta": "DT_FLOAT",
         "guidance_scale": "DT_FLOAT",
         "labels": "DT_INT32",
+        "spacing": "DT_STRING",
     },
     "denoise": {"x_t": "DT_FLOAT", "t": "DT_INT32", "labels": "DT_INT32"},
+    "limits": {},
 }
 SIGNATURE_INPUTS["serving_default"] = SIGNATURE_INPUTS["sample"]
+SIGNATURE_INPUTS["edit"] = {"images": "DT_FLOAT", "mask": "DT_FLOAT", "strength": "DT_FLOAT", **SIGNATURE_INPUTS["sample"]}
 SAMPLE_DTYPES = {"seed": tf.int64, "num_samples": tf.int32, "num_steps": tf.int32, "sampler": tf.string,
-                 "eta": tf.float32, "guidance_scale": tf.float32, "labels": tf.int32}
+                 "eta": tf.float32, "guidance_scale": tf.float32, "labels": tf.int32, "spacing": tf.string}
 DENOISE_DTYPES = {"x_t": tf.float32, "t": tf.int32, "labels": tf.int32}
 
 
@@ -73,7 +76,7 @@ def _make_model(num_classes=None):
 
 def _sample_body(signature="sample", **inputs):
     values = {"seed": 0, "num_samples": 2, "num_steps": T, "sampler": "ddpm", "eta": 0.0, "guidance_scale": 0.0,
-              "labels": []}
+              "labels": [], "spacing": "uniform"}
     values.update(inputs)
     body = {"inputs": values}
     if signature is not None:
@@ -82,11 +85,31 @@ def _sample_body(signature="sample", **inputs):
 
 
 _X_T = np.random.default_rng(0).standard_normal((2, H, W, 1)).astype(np.float32)
+_IMAGES = np.random.default_rng(1).uniform(0.0, 1.0, (3, H, W, 1)).astype(np.float32)
+_TOP_KNOWN = np.concatenate([np.ones((3, H // 2, W, 1)), np.zeros((3, H // 2, W, 1))], 1).astype(np.float32)
+
+
+def _edit_body(images=_IMAGES, mask=_TOP_KNOWN, strength=1.0, **inputs):
+    body = _sample_body("edit", num_samples=len(images), **inputs)
+    body["inputs"] = {"images": np.asarray(images).tolist(), "mask": np.asarray(mask).tolist(), "strength": strength,
+                      **body["inputs"]}
+    return body
+
 GOOD = {
     "uncond": {
         "ddpm": _sample_body(seed=3, num_samples=2, num_steps=20, sampler="ddpm"),
         "ddim": _sample_body(seed=11, num_samples=3, num_steps=7, sampler="ddim", eta=0.5),
         "dpmpp_2m": _sample_body(seed=5, num_samples=2, num_steps=5, sampler="dpmpp_2m"),
+        "unipc_logsnr": _sample_body(seed=6, num_samples=2, num_steps=6, sampler="unipc", spacing="logsnr"),
+        "heun_karras": _sample_body(seed=7, num_samples=2, num_steps=4, sampler="heun", spacing="karras"),
+        "dpmpp_2m_sde_quadratic": _sample_body(seed=8, num_samples=2, num_steps=5, sampler="dpmpp_2m_sde",
+                                               spacing="quadratic"),
+        "edit_inpaint": _edit_body(seed=9, num_steps=6, sampler="dpmpp_3m", spacing="logsnr"),
+        "edit_img2img": _edit_body(seed=10, num_steps=5, sampler="ddim", eta=0.5, mask=np.zeros_like(_TOP_KNOWN),
+                                   strength=0.6),
+        "edit_both": _edit_body(images=_IMAGES[:2], mask=_TOP_KNOWN[:2], seed=11, num_steps=20, sampler="ddpm",
+                                strength=0.5),
+        "limits": {"signature_name": "limits", "inputs": {}},
         "serving_default": _sample_body(signature=None, seed=11, num_samples=3, num_steps=7, sampler="ddim", eta=0.5),
         "labels_ignored": _sample_body(seed=11, num_samples=3, num_steps=7, sampler="ddim", eta=0.5, labels=[5, 9, -1]),
         "denoise": {"signature_name": "denoise", "inputs": {"x_t": _X_T.tolist(), "t": [0, 19], "labels": []}},
@@ -96,6 +119,9 @@ GOOD = {
         "ddim": _sample_body(seed=4, num_samples=3, num_steps=20, sampler="ddim", eta=0.3, labels=[2, 3, 1]),
         "dpmpp_2m": _sample_body(seed=5, num_samples=2, num_steps=6, sampler="dpmpp_2m", guidance_scale=1.5,
                                  labels=[1, 1]),
+        "limits": {"signature_name": "limits", "inputs": {}},
+        "edit_guided": _edit_body(seed=12, num_steps=5, sampler="unipc", spacing="karras", strength=0.8,
+                                  guidance_scale=2.0, labels=[0, 1, 2]),
         "denoise": {"signature_name": "denoise", "inputs": {"x_t": _X_T.tolist(), "t": [0, 19], "labels": [2, 3]}},
     },
 }
@@ -107,7 +133,7 @@ def _bad(good, **changes):
     return body
 
 
-_U, _C = GOOD["uncond"]["ddim"], GOOD["cond"]["ddpm"]
+_U, _C, _E = GOOD["uncond"]["ddim"], GOOD["cond"]["ddpm"], GOOD["uncond"]["edit_inpaint"]
 BAD = {  # (body, text the error must contain)
     "uncond": {
         "num_steps_0": (_bad(_U, num_steps=0), "Received: num_steps=0"),
@@ -117,6 +143,16 @@ BAD = {  # (body, text the error must contain)
         "sampler_unknown": (_bad(_U, sampler="euler"), "Received: sampler=\\\"euler\\\""),
         "eta_above_1": (_bad(_U, eta=1.5), "Received: eta=1.5"),
         "eta_negative": (_bad(_U, eta=-0.25), "Received: eta=-0.25"),
+        "spacing_unknown": (_bad(_U, spacing="cosine"), "Received: spacing=\\\"cosine\\\""),
+        "edit_images_shape": (_bad(_E, images=_IMAGES[:, :4].tolist()), "images must have shape [N, 8, 8, 1]. "
+                              "Received: images of shape [3 4 8 1]"),
+        "edit_images_rank": (_bad(_E, images=_IMAGES[0].tolist()), "Received: images of shape [8 8 1]"),
+        "edit_mask_values": (_bad(_E, mask=(0.5 * _TOP_KNOWN).tolist()), "mask must hold only 0 (generate) and 1 "
+                             "(keep). Received: mask values [0.5 0]"),
+        "edit_mask_shape": (_bad(_E, mask=np.ones((3, H, W, 3)).tolist()), "mask must have shape [N, 8, 8, 1]"),
+        "edit_strength": (_bad(_E, strength=1.25), "strength must be in [0, 1]. Received: strength=1.25"),
+        "edit_num_samples": (_bad(_E, num_samples=2), "num_samples must equal the number of images, [3]. "
+                             "Received: num_samples=2"),
         "denoise_t_out_of_range": (_bad(GOOD["uncond"]["denoise"], t=[0, T]), "Received: t="),
     },
     "cond": {
@@ -189,7 +225,7 @@ SERVE_SCRIPT = textwrap.dedent(
             for request_id, body in item["requests"]:
                 try:
                     for key, value in run(body).items():
-                        arrays[f"{mode}/{request_id}/{key}"] = value
+                        arrays[f"{mode}/{request_id}/{key}"] = value.astype("S") if value.dtype == object else value
                 except tf.errors.InvalidArgumentError as error:
                     meta["errors"][f"{mode}/{request_id}"] = error.message
     meta["tfdiffusion_modules"] = sorted(m for m in sys.modules if m.split(".")[0] == "tfdiffusion")
@@ -261,7 +297,8 @@ def _eager_samples(model, inputs, traced=False):
     def draw():
         samples = model.sample_model_space(
             inputs["num_samples"], seed=inputs["seed"], sampler=inputs["sampler"], num_steps=inputs["num_steps"],
-            eta=inputs["eta"], labels=tf.constant(inputs["labels"], tf.int32) if conditional else None,
+            spacing=inputs["spacing"], eta=inputs["eta"],
+            labels=tf.constant(inputs["labels"], tf.int32) if conditional else None,
             guidance_scale=inputs["guidance_scale"] if conditional else None)
         return model.to_data_space(samples)
 
@@ -270,10 +307,13 @@ def _eager_samples(model, inputs, traced=False):
 
 def _generate(model, inputs):
     conditional = model.num_classes is not None
+    edit = {}
+    if "images" in inputs:
+        edit = dict(init_images=inputs["images"], mask=inputs["mask"], strength=inputs["strength"])
     return model.generate(inputs["num_samples"], seed=inputs["seed"], sampler=inputs["sampler"],
-                          num_steps=inputs["num_steps"], eta=inputs["eta"],
+                          num_steps=inputs["num_steps"], eta=inputs["eta"], spacing=inputs["spacing"],
                           labels=inputs["labels"] if conditional else None,
-                          guidance_scale=inputs["guidance_scale"] if conditional else None)
+                          guidance_scale=inputs["guidance_scale"] if conditional else None, **edit)
 
 
 def _call(function, body):
@@ -310,11 +350,17 @@ def test_saved_model_cli_lists_the_signatures(exports):
     for name, inputs in SIGNATURE_INPUTS.items():
         assert name in signatures, f"signature {name!r} missing from:\n{result.stdout[:3000]}"
         assert {k: v[0] for k, v in signatures[name]["inputs"].items()} == inputs
-    for name in ("sample", "serving_default"):
-        scalars = {k: v[1] for k, v in signatures[name]["inputs"].items() if k != "labels"}
+    for name in ("sample", "serving_default", "edit"):
+        scalars = {k: v[1] for k, v in signatures[name]["inputs"].items() if k not in ("labels", "images", "mask")}
         assert set(scalars.values()) == {"()"}
         assert signatures[name]["inputs"]["labels"][1] == "(-1)"
         assert signatures[name]["outputs"] == {"samples": ["DT_FLOAT", f"(-1, {H}, {W}, 1)"]}
+    # Any rank: a wrong one is named by the signature's own check, not refused by a feed's shape.
+    assert signatures["edit"]["inputs"]["images"][1] == signatures["edit"]["inputs"]["mask"][1] == "unknown_rank"
+    assert signatures["limits"]["outputs"] == {
+        "num_timesteps": ["DT_INT32", "()"], "num_classes": ["DT_INT32", "()"], "data_shape": ["DT_INT32", "(3)"],
+        "data_range": ["DT_FLOAT", "(2)"], "max_num_samples": ["DT_INT32", "()"], "samplers": ["DT_STRING", "(7)"],
+        "spacings": ["DT_STRING", "(4)"]}
     assert signatures["denoise"]["inputs"]["x_t"][1] == f"(-1, {H}, {W}, 1)"
     assert signatures["denoise"]["outputs"] == {"eps": ["DT_FLOAT", f"(-1, {H}, {W}, 1)"]}
 
@@ -348,11 +394,12 @@ def test_same_seed_same_samples_everywhere(models, served, key):
     assert served["modules"] == []
     report, failures = [], []
     for request_id, body in GOOD[key].items():
-        if body.get("signature_name") == "denoise":
+        if body.get("signature_name") in ("denoise", "limits"):
             continue
         graph = _generate(model, body["inputs"])
-        eager = _eager_samples(model, body["inputs"])
-        traced = _eager_samples(model, body["inputs"], traced=True)
+        editing = body.get("signature_name") == "edit"  # compared with generate and served only
+        eager = graph if editing else _eager_samples(model, body["inputs"])
+        traced = graph if editing else _eager_samples(model, body["inputs"], traced=True)
         tf2 = served["tf2"]["outputs"][f"{key}/{request_id}/samples"]
         tf1 = served["tf1"]["outputs"][f"{key}/{request_id}/samples"]
         assert graph.shape == tf2.shape == tf1.shape == (body["inputs"]["num_samples"], H, W, 1)
@@ -368,6 +415,35 @@ def test_same_seed_same_samples_everywhere(models, served, key):
         if differences["eager vs generate"] != 0 or differences["tf.function on constants vs generate"] != 0:
             failures.append(f"{request_id}: an eager call or a tf.function of it is not bitwise equal to generate")
     assert not failures, "\n".join(failures + ["max |difference| per request:"] + report)
+
+
+@pytest.mark.parametrize("key", ["uncond", "cond"])
+def test_limits_signature_reads_the_models_limits(models, served, exports, key):
+    """Issue 17, item 5: T, classes, data shape and range, max_num_samples, samplers and spacings from the export."""
+    expected = export.model_limits(models[key], MAX_NUM_SAMPLES.get(key))
+    assert expected["num_classes"] == (NUM_CLASSES if key == "cond" else 0) and expected["num_timesteps"] == T
+    read = export.read_limits(exports[key])
+    for mode in ("tf2", "tf1"):
+        outputs = served[mode]["outputs"]
+        for name, value in expected.items():
+            got = outputs[f"{key}/limits/{name}"]
+            if value.dtype == object:
+                assert [v.decode() for v in got.tolist()] == list(value) == read[name], (mode, name)
+            else:
+                np.testing.assert_array_equal(got, value, err_msg=f"{mode}/{name}")
+                np.testing.assert_array_equal(read[name], value)
+    assert read["samplers"] == list(tfd.samplers.SAMPLERS) and read["spacings"] == list(tfd.samplers.SPACINGS)
+
+
+def test_served_edits_keep_the_known_pixels_exactly(served):
+    for mode in ("tf2", "tf1"):
+        outputs = served[mode]["outputs"]
+        for request_id in ("uncond/edit_inpaint", "cond/edit_guided"):
+            samples = outputs[f"{request_id}/samples"]
+            np.testing.assert_array_equal(samples[:, : H // 2], _IMAGES[:, : H // 2], err_msg=f"{mode}/{request_id}")
+            assert np.abs(samples[:, H // 2:] - _IMAGES[:, H // 2:]).mean() > 0.01
+        # An all-zero mask keeps nothing: image-to-image of the whole image.
+        assert np.abs(outputs["uncond/edit_img2img/samples"] - _IMAGES).mean() > 0.01
 
 
 def test_unconditional_model_ignores_labels(served):
@@ -499,6 +575,7 @@ def test_bad_requests_in_process(loaded_cond):
              "guidance_scale=inf": _bad(good, guidance_scale=float("inf")),
              "eta": _bad(good, eta=float("nan")),
              "sampler": _bad(good, sampler=""),
+             "spacing": _bad(good, spacing="Karras"),
              "num_steps": _bad(good, num_steps=-1)}
     for expected_text, body in cases.items():
         with pytest.raises(tf.errors.InvalidArgumentError, match=expected_text.replace("[", r"\[")):
@@ -637,7 +714,7 @@ def test_random_requests_succeed_or_name_the_argument(loaded_cond, models):
 
     sample = loaded_cond.signatures["sample"]
     timesteps = models["cond"].diffusion.num_timesteps
-    arguments = ("seed", "num_samples", "num_steps", "sampler", "eta", "guidance_scale", "labels")
+    arguments = ("seed", "num_samples", "num_steps", "sampler", "eta", "guidance_scale", "labels", "spacing")
     outcomes = {"ok": 0, "rejected": 0}
 
     def mostly(valid, invalid):
@@ -648,17 +725,18 @@ def test_random_requests_succeed_or_name_the_argument(loaded_cond, models):
         seed=st.integers(-2**63, 2**63 - 1),
         num_samples=mostly(st.integers(1, 4), st.integers(-3, 0) | st.integers(9, 12)),
         num_steps=mostly(st.integers(1, timesteps), st.integers(-2, 0) | st.integers(timesteps + 1, timesteps + 3)),
-        sampler=mostly(st.sampled_from(["ddpm", "ddim", "dpmpp_2m"]), st.sampled_from(["", "DDIM", "euler", "ddpm "])),
+        sampler=mostly(st.sampled_from(tfd.samplers.SAMPLERS), st.sampled_from(["", "DDIM", "euler", "ddpm "])),
+        spacing=mostly(st.sampled_from(tfd.samplers.SPACINGS), st.sampled_from(["", "LOGSNR", "cosine"])),
         eta=mostly(st.floats(0, 1), st.floats(-0.5, -0.01) | st.sampled_from([1.5, float("nan"), float("inf")])),
         guidance_scale=mostly(st.floats(0, 8), st.sampled_from([float("nan"), float("-inf"), float("inf")])),
         label_draw=st.data(),
     )
-    def request(seed, num_samples, num_steps, sampler, eta, guidance_scale, label_draw):
+    def request(seed, num_samples, num_steps, sampler, spacing, eta, guidance_scale, label_draw):
         size = mostly(st.just(max(num_samples, 0)), st.integers(0, 5))
         labels = label_draw.draw(size.flatmap(lambda n: st.lists(
             mostly(st.integers(0, NUM_CLASSES), st.integers(-2, -1) | st.just(NUM_CLASSES + 1)), min_size=n, max_size=n)))
         inputs = dict(seed=seed, num_samples=num_samples, num_steps=num_steps, sampler=sampler, eta=eta,
-                      guidance_scale=guidance_scale, labels=labels)
+                      guidance_scale=guidance_scale, labels=labels, spacing=spacing)
         try:
             samples = _call(sample, {"inputs": inputs})["samples"].numpy()
         except tf.errors.InvalidArgumentError as error:

@@ -236,3 +236,18 @@ def test_folder_reference_round_trips_pixels_and_is_cached_by_its_files(tmp_path
     small_extractor = features.FeatureExtractor(keras.Model(flat, keras.layers.Dense(3)(embedding)))
     reference = features.reference_for(small_extractor, small, cache_dir=str(tmp_path / "cache"))
     np.testing.assert_array_equal(reference["features"], small_extractor((expected + 1) / 2)[0])
+
+
+def test_tfds_reference_at_the_samples_size(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    flat = keras.Input((16, 16, 3))
+    embedding = keras.layers.Dense(8, name="features")(keras.layers.Flatten()(flat))
+    extractor = features.FeatureExtractor(keras.Model(flat, keras.layers.Dense(2)(embedding)))
+    training = {"name": "oxford_flowers102", "source": "tfds", "split": "train[:50%]", "batch_size": 64}
+    settings = features.reference_settings("oxford_flowers102", (16, 16, 3), training=training)
+    assert settings == {"name": "oxford_flowers102", "source": "tfds", "split": "train[:50%]", "data_dir": "",
+                        "image_size": (16, 16), "channels": 3}  # the training split, at the samples' size
+    with tfds.testing.mock_data(num_examples=10):  # random JPEGs of every size
+        reference = features.reference_for(extractor, settings, cache_dir=str(tmp_path), num_images=7)
+    assert reference["num_images"] == 7 and reference["features"].shape == (7, 8)
+    assert os.path.basename(reference["cache"]) == "reference_classifier_oxford_flowers102_train-50-_16x16x3_7.npz"

@@ -147,7 +147,8 @@ def test_absent_mnist_stops_a_full_run_with_what_to_set(no_data_anywhere, tmp_pa
         training.train(config, str(tmp_path))
     message = str(error.value)
     assert "\n" not in message and "ConnectionError: offline (test)" in message
-    assert "config.data.idx_dir" in message and "$TFDIFFUSION_MNIST_DIR" in message and "config.data.data_dir" in message
+    for setting in ("config.data.idx_dir", "$TFDIFFUSION_MNIST_DIR", "config.data.data_dir"):
+        assert setting in message
 
 
 def test_tiny_binary_runs_offline_with_empty_data_directories(tmp_path):
@@ -171,10 +172,11 @@ def _newest_checkpoint(workdir):
 
 @pytest.mark.slow
 def test_sigkill_three_times_on_a_folder_then_resume_equals_an_uninterrupted_run(flower_folder, tmp_path):
-    flags = ["--config=configs/images.py:tiny", f"--config.data.path={flower_folder}",
-             "--config.data.class_subfolders=True", "--config.train.steps=120", "--config.train.checkpoint_every=2",
-             "--config.train.sample_every=0", "--config.optimizer.schedule=constant",
-             "--config.train.deterministic=True", "--config.train.verbose=False"]
+    flags = ["--config=configs/mnist.py:tiny", "--config.data.source=folder", f"--config.data.path={flower_folder}",
+             "--config.data.class_subfolders=True", "--config.data.channels=1", "--config.data.image_size=16",
+             "--config.data.random_flip=True", "--config.train.steps=120", "--config.train.checkpoint_every=2",
+             "--config.optimizer.schedule=constant", "--config.optimizer.warmup_steps=0",
+             "--config.optimizer.use_ema=True", "--config.train.deterministic=True", "--config.train.verbose=False"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     assert subprocess.run(TRAIN + flags + [f"--workdir={straight}"], cwd=ROOT, env=env, capture_output=True,

@@ -3,7 +3,7 @@
 Floors, bottom to top (README's Layout section lists the modules in this order):
 
     0  schedules, layers/, data, config, optimizers, precision
-    1  diffusion
+    1  diffusion, analytic
     2  samplers, metrics, plots
     3  model
     4  builders, checkpoints, features, evaluation, export, training, reports, cli

@@ -18,7 +18,9 @@ Golden files (tests/golden/):
   (commit c3b71ac; written once, never rewritten).
 - `samplers.npz`: the samples of the current code. ε-prediction cases are bitwise equal to the
   pre-refactor file; x0- and v-prediction cases changed once, when the samplers stopped turning the
-  network's x̂0 into ε̂ and back (`test_x0_and_v_are_closer_to_float64_than_before`).
+  network's x̂0 into ε̂ and back (`test_x0_and_v_are_closer_to_float64_than_before`). Issue 14 added
+  cases (DPM-Solver++(3M), UniPC, Heun, SDE-DPM-Solver++(2M); every solver on the log-SNR, Karras and
+  quadratic spacings; image-to-image and inpainting) and left every earlier case bitwise as it was.
 
 `float64_reference` runs the same sampler in float64 NumPy on the float64 twin of the network with the
 same seeded draws: every case must stay within float32 rounding of it, so a changed noise stream,
@@ -55,22 +57,53 @@ SAMPLERS = [("ddpm", 0.0, "beta_tilde"), ("ddim", 0.0, "beta_tilde"), ("ddim", 0
             ("dpmpp_2m", 0.0, "beta_tilde")]
 
 
-def _cases():
-    """(case id, network kind, prediction type, sampler, eta, ddpm variance, num_steps, guidance)."""
+NEW_SAMPLERS = [("dpmpp_3m", 0.0, "beta_tilde"), ("unipc", 0.0, "beta_tilde"), ("heun", 0.0, "beta_tilde"),
+                ("dpmpp_2m_sde", 0.0, "beta_tilde")]
+INIT = np.linspace(-0.8, 0.9, N * D).reshape(N, D).astype(np.float32)  # the images the edit cases edit
+KEEP = np.array([[1.0], [0.0], [1.0], [0.0], [0.0], [1.0]], np.float32)  # [N, 1]: rows kept by inpainting
+
+
+def _case(kind, p, s, e, v, n, w, spacing="uniform", edit=None):
+    """(case id, network kind, prediction type, sampler, eta, ddpm variance, num_steps, guidance, spacing, edit)."""
+    suffix = ("" if spacing == "uniform" else f"/{spacing}") + ("" if edit is None else f"/{edit}")
+    return (f"{kind}/{p}/{s}/eta{e}/{v}/n{n}/w{w}{suffix}", kind, p, s, e, v, n, w, spacing, edit)
+
+
+def _pre_issue14_cases():
+    """The cases of the pre-refactor file: uniform spacing, the first three samplers."""
     cases = []
     for prediction_type in PREDICTION_TYPES:
         for sampler, eta, variance in SAMPLERS:
             for n in (1, 3, T):
-                cases.append(("affine", prediction_type, sampler, eta, variance, n, None))
+                cases.append(_case("affine", prediction_type, sampler, eta, variance, n, None))
             for n in (3, T):
                 for guidance in (None, 2.0):
-                    cases.append(("affine_cond", prediction_type, sampler, eta, variance, n, guidance))
-            cases.append(("mlp", prediction_type, sampler, eta, variance, 4, None))
-        cases.append(("affine", prediction_type, "ddpm", 0.0, "beta", T, None))
-    return [(f"{kind}/{p}/{s}/eta{e}/{v}/n{n}/w{w}", kind, p, s, e, v, n, w) for kind, p, s, e, v, n, w in cases]
+                    cases.append(_case("affine_cond", prediction_type, sampler, eta, variance, n, guidance))
+            cases.append(_case("mlp", prediction_type, sampler, eta, variance, 4, None))
+        cases.append(_case("affine", prediction_type, "ddpm", 0.0, "beta", T, None))
+    return cases
 
 
-CASES = _cases()
+def _issue14_cases():
+    """The new solvers as the old ones are covered, every solver on every other spacing, and edits."""
+    cases = []
+    for prediction_type in PREDICTION_TYPES:
+        for sampler, eta, variance in NEW_SAMPLERS:
+            for n in (1, 3, T):
+                cases.append(_case("affine", prediction_type, sampler, eta, variance, n, None))
+            cases.append(_case("affine_cond", prediction_type, sampler, eta, variance, T, 2.0))
+            cases.append(_case("mlp", prediction_type, sampler, eta, variance, 4, None))
+        for sampler, eta, variance in SAMPLERS + NEW_SAMPLERS:
+            for spacing in ("logsnr", "karras", "quadratic"):
+                cases.append(_case("affine", prediction_type, sampler, eta, variance, 4, None, spacing))
+    for sampler, eta, variance in SAMPLERS + NEW_SAMPLERS:
+        cases.append(_case("affine", "epsilon", sampler, eta, variance, 5, None, "logsnr", "img2img"))
+        cases.append(_case("affine_cond", "epsilon", sampler, eta, variance, 4, 2.0, "karras", "inpaint"))
+    return cases
+
+
+PRE_ISSUE14_CASES = _pre_issue14_cases()
+CASES = PRE_ISSUE14_CASES + _issue14_cases()
 SEEDS = {case[0]: 100 + i for i, case in enumerate(CASES)}
 
 # sum, first and last value of a few cases' samples, printed with 6 significant digits (an anchor
@@ -103,6 +136,17 @@ SUMMARY = {
     'affine_cond/x0/ddim/eta0.5/beta_tilde/n10/w2.0': (-0.762653, -0.100239, 0.353722),
     'affine_cond/x0/ddpm/eta0.0/beta_tilde/n10/w2.0': (2.55348, -0.00765422, 0.418728),
     'affine_cond/x0/dpmpp_2m/eta0.0/beta_tilde/n10/w2.0': (3.32475, 0.124186, 0.669783),
+    # issue 14: the new solvers, the other spacings, and edits (rows 0 and 5 of the inpainting are kept)
+    'affine/epsilon/dpmpp_3m/eta0.0/beta_tilde/n10/wNone': (-2.93375, 0.655518, 0.0344333),
+    'affine/epsilon/unipc/eta0.0/beta_tilde/n10/wNone': (2.48025, 0.553819, 0.0717622),
+    'affine/epsilon/heun/eta0.0/beta_tilde/n10/wNone': (2.18, 0.586814, 0.712143),
+    'affine/epsilon/dpmpp_2m_sde/eta0.0/beta_tilde/n10/wNone': (2.17262, 0.582554, -0.282459),
+    'affine/epsilon/dpmpp_2m/eta0.0/beta_tilde/n4/wNone/logsnr': (1.34018, 0.731357, 0.226533),
+    'affine/epsilon/dpmpp_2m/eta0.0/beta_tilde/n4/wNone/karras': (1.95952, 0.412813, 0.165686),
+    'affine/epsilon/dpmpp_2m/eta0.0/beta_tilde/n4/wNone/quadratic': (0.237651, 0.431324, 0.127403),
+    'affine/epsilon/unipc/eta0.0/beta_tilde/n5/wNone/logsnr/img2img': (2.26526, 0.374455, -0.342303),
+    'affine_cond/epsilon/ddpm/eta0.0/beta_tilde/n4/w2.0/karras/inpaint': (2.08827, -0.8, 0.9),
+    'affine_cond/epsilon/heun/eta0.0/beta_tilde/n4/w2.0/karras/inpaint': (1.18135, -0.8, 0.9),
 }
 
 
@@ -187,10 +231,13 @@ def make_model(kind, prediction_type):
 
 # -- running the cases ----------------------------------------------------------------------------------
 def run_case(models, case):
-    case_id, kind, prediction_type, sampler, eta, variance, n, guidance = case
+    case_id, kind, prediction_type, sampler, eta, variance, n, guidance, spacing, edit = case
     labels = LABELS if kind == "affine_cond" else None
+    edits = {None: {}, "img2img": dict(init_images=INIT, strength=0.7),
+             "inpaint": dict(init_images=INIT, mask=KEEP, strength=0.8)}[edit]
     return models[kind, prediction_type].generate(N, seed=SEEDS[case_id], sampler=sampler, num_steps=n, eta=eta,
-                                                  labels=labels, guidance_scale=guidance, ddpm_variance=variance)
+                                                  labels=labels, guidance_scale=guidance, ddpm_variance=variance,
+                                                  spacing=spacing, **edits)
 
 
 def run_all():
@@ -232,16 +279,132 @@ def _x0_and_eps64(prediction_type, x, prediction, ab):
     return math.sqrt(ab) * x - math.sqrt(1 - ab) * prediction, math.sqrt(1 - ab) * x + math.sqrt(ab) * prediction
 
 
+def timesteps64(spacing, n, top):
+    """The spacing's timesteps written independently of `samplers.timestep_sequence`: NumPy targets mapped to
+    t by np.interp, rounded, then (a loop from t = 0 up) clipped to leave room and moved up past collisions."""
+    alpha_bar = _alpha_bar()
+    lam = 0.5 * np.log(alpha_bar / (1.0 - alpha_bar))
+    if spacing == "uniform":
+        return np.round(np.linspace(top, 0, n)).astype(int)
+    if spacing == "quadratic":
+        fractional = top * np.linspace(1.0, 0.0, n) ** 2
+    else:
+        if spacing == "logsnr":
+            targets = np.linspace(lam[top], lam[0], n)
+        else:  # Karras et al. 2022, eq. 5, ρ = 7, σ = e^{−λ}
+            targets = -7.0 * np.log(np.linspace(np.exp(-lam[top]) ** (1 / 7), np.exp(-lam[0]) ** (1 / 7), n))
+        fractional = np.interp(targets, lam[::-1], np.arange(T, dtype=np.float64)[::-1])
+    rounded, t = np.round(fractional).astype(int), np.zeros(n, int)
+    for i in reversed(range(n)):
+        t[i] = min(max(rounded[i], n - 1 - i), top - i)
+        if i < n - 1:
+            t[i] = max(t[i], t[i + 1] + 1)
+    return t
+
+
+def _lam(a):
+    return 0.5 * math.log(a / (1.0 - a))
+
+
+def _heun64(x, x0, eps, a_t, a_p, memory):
+    """Karras et al. 2022, Algorithm 1, in x̄ = x/√ᾱ and σ = √((1 − ᾱ)/ᾱ): Euler, then the trapezoid."""
+    sigma = lambda a: math.sqrt((1 - a) / a)  # noqa: E731
+    if memory.get("correcting"):
+        x_bar, d, a_s = memory.pop("start")
+        memory["correcting"] = False
+        return math.sqrt(a_t) * (x_bar + (sigma(a_t) - sigma(a_s)) * (d + eps) / 2)
+    if a_p >= 1.0:
+        return x0
+    memory.update(correcting=True, start=(x / math.sqrt(a_t), eps, a_t))
+    return math.sqrt(a_p) * (x / math.sqrt(a_t) + (sigma(a_p) - sigma(a_t)) * eps)
+
+
+def _step64(sampler, x, x0, eps, a_t, a_p, noise, i, n, memory, eta, variance):
+    """One loop iteration of `sampler` in float64, from the papers (memory: the multistep solvers' history)."""
+    sigma_ratio = math.sqrt((1 - a_p) / (1 - a_t))
+    if sampler == "ddpm":  # Ho et al. 2020, eq. 11 and §3.2
+        alpha, beta = a_t / a_p, 1 - a_t / a_p
+        sigma2 = beta * (1 - a_p) / (1 - a_t) if variance == "beta_tilde" else beta
+        return (x - beta / math.sqrt(1 - a_t) * eps) / math.sqrt(alpha) + math.sqrt(sigma2) * noise
+    if sampler == "ddim":  # Song et al. 2020, eqs. 12 and 16
+        sigma = eta * math.sqrt((1 - a_p) / (1 - a_t) * (1 - a_t / a_p))
+        return math.sqrt(a_p) * x0 + math.sqrt(max(1 - a_p - sigma**2, 0.0)) * eps + sigma * noise
+    if sampler == "heun":
+        return _heun64(x, x0, eps, a_t, a_p, memory)
+    history = memory.setdefault("history", [])  # (x̂_0, λ) of the previous points, newest first
+    lam_t = _lam(a_t)
+    if sampler == "unipc":
+        x = _unic64(x, x0, a_t, memory, history)
+    if a_p >= 1.0:  # into the data
+        return x0
+    h = _lam(a_p) - lam_t
+    order = min({"dpmpp_2m": 2, "dpmpp_2m_sde": 2, "dpmpp_3m": 3, "unipc": 2}[sampler], i + 1,
+                n - i if sampler in ("dpmpp_3m", "unipc") else 2)
+    r = [(lam_t - lam) / h for _, lam in history]  # r_k: how many h back each previous point lies
+    m = [x0] + [value for value, _ in history]
+    phi_1 = math.expm1(-h)
+    if sampler in ("dpmpp_2m", "dpmpp_2m_sde"):  # Lu et al. 2022b, Algorithm 2 and its SDE variant
+        D = x0 if order == 1 else (1 + 1 / (2 * r[0])) * x0 - 1 / (2 * r[0]) * m[1]
+        out = (sigma_ratio * x - math.sqrt(a_p) * phi_1 * D if sampler == "dpmpp_2m" else
+               sigma_ratio * math.exp(-h) * x + math.sqrt(a_p) * (1 - math.exp(-2 * h)) * D
+               + math.sqrt(1 - a_p) * math.sqrt(1 - math.exp(-2 * h)) * noise)
+    elif sampler == "dpmpp_3m":  # eq. 8's integral of the Newton interpolant of the last `order` x̂_0
+        phi_2, out = phi_1 / h + 1, sigma_ratio * x - math.sqrt(a_p) * phi_1 * x0
+        phi_3 = phi_2 / h - 0.5
+        if order == 2:
+            out = out + math.sqrt(a_p) * phi_2 * (m[0] - m[1]) / r[0]
+        elif order == 3:
+            r_1, r_2 = r[0], r[1] - r[0]
+            d_0, d_1 = (m[0] - m[1]) / r_1, (m[1] - m[2]) / r_2
+            D_1, D_2 = d_0 + r_1 / (r_1 + r_2) * (d_0 - d_1), (d_0 - d_1) / (r_1 + r_2)
+            out = out + math.sqrt(a_p) * (phi_2 * D_1 - 2 * phi_3 * D_2)
+    else:  # UniP-2, B(h) = e^{−h} − 1 (Zhao et al. 2023), from the corrected point
+        out = sigma_ratio * x - math.sqrt(a_p) * phi_1 * x0
+        if order == 2:
+            out = out - math.sqrt(a_p) * phi_1 * 0.5 * (m[1] - m[0]) / (-r[0])
+    history.insert(0, (x0, lam_t))
+    del history[2:]
+    return out
+
+
+def _unic64(x, x0, a_t, memory, history):
+    """UniC (Zhao et al. 2023, Algorithm 1, bh2) of the point x, from the previous corrected point."""
+    if not history:
+        memory["corrected"] = (x, a_t)
+        return x
+    x_base, a_base = memory["corrected"]
+    lam_base, m_0 = history[0][1], history[0][0]
+    h = _lam(a_t) - lam_base
+    phi = math.expm1(-h)
+    g_1 = phi / -h - 1
+    g_2 = g_1 / -h - 0.5
+    if len(history) == 1:
+        correction = 0.5 * (x0 - m_0)
+    else:
+        r = (history[1][1] - lam_base) / h
+        rho = np.linalg.solve([[1.0, 1.0], [r, 1.0]], [g_1 / phi, 2 * g_2 / phi])
+        correction = rho[0] * (history[1][0] - m_0) / r + rho[1] * (x0 - m_0)
+    corrected = (math.sqrt((1 - a_t) / (1 - a_base)) * x_base - math.sqrt(a_t) * phi * m_0
+                 - math.sqrt(a_t) * phi * correction)
+    memory["corrected"] = (corrected, a_t)
+    return corrected
+
+
 def float64_reference(case):
     """The case's sampler in float64 NumPy on the float64 network, with the same seeded draws."""
-    case_id, kind, prediction_type, sampler, eta, variance, n, guidance = case
+    case_id, kind, prediction_type, sampler, eta, variance, n, guidance, spacing, edit = case
     seed, alpha_bar = SEEDS[case_id], _alpha_bar()
     labels = np.array(LABELS) if kind == "affine_cond" else None
     ab = lambda t: 1.0 if t < 0 else alpha_bar[t]  # noqa: E731
-    lam = lambda a: 0.5 * math.log(a / (1.0 - a))  # noqa: E731
-    x = tf.random.stateless_normal((N, D), [seed, 0]).numpy().astype(np.float64)
-    taus = np.round(np.linspace(T - 1, 0, n)).astype(int)
-    previous_x0 = previous_h = None
+    epsilon = tf.random.stateless_normal((N, D), [seed, 0]).numpy().astype(np.float64)
+    x, top = epsilon, T - 1
+    if edit is not None:  # SDEdit (Meng et al. 2022): start from q(x_{t_s} | x_0) with the seed's ε
+        top = int(np.round({"img2img": 0.7, "inpaint": 0.8}[edit] * T)) - 1
+        x, n = math.sqrt(ab(top)) * INIT + math.sqrt(1 - ab(top)) * epsilon, min(n, top + 1)
+    taus = timesteps64(spacing, n, top)
+    if sampler == "heun":
+        taus = np.concatenate([taus[:1], np.repeat(taus[1:], 2)])
+    memory, stochastic = {}, sampler in ("ddpm", "ddim", "dpmpp_2m_sde")
     for i, (t, t_prev) in enumerate(zip(taus, list(taus[1:]) + [-1])):
         a_t, a_p = ab(t), ab(t_prev)
         prediction = network64(kind, prediction_type, x, np.full(N, t), labels)
@@ -249,22 +412,12 @@ def float64_reference(case):
             unconditional = network64(kind, prediction_type, x, np.full(N, t), np.full(N, NUM_CLASSES))
             prediction = (1 + guidance) * prediction - guidance * unconditional
         x0, eps = _x0_and_eps64(prediction_type, x, prediction, a_t)
-        noise = 0.0 if t_prev < 0 else tf.random.stateless_normal((N, D), [seed, i + 1]).numpy().astype(np.float64)
-        if sampler == "ddpm":  # Ho et al. 2020, eq. 11 and §3.2
-            alpha, beta = a_t / a_p, 1 - a_t / a_p
-            sigma2 = beta * (1 - a_p) / (1 - a_t) if variance == "beta_tilde" else beta
-            x = (x - beta / math.sqrt(1 - a_t) * eps) / math.sqrt(alpha) + math.sqrt(sigma2) * noise
-        elif sampler == "ddim":  # Song et al. 2020, eqs. 12 and 16
-            sigma = eta * math.sqrt((1 - a_p) / (1 - a_t) * (1 - a_t / a_p))
-            x = math.sqrt(a_p) * x0 + math.sqrt(max(1 - a_p - sigma**2, 0.0)) * eps + sigma * noise
-        elif t_prev < 0:  # DPM-Solver++(2M) into the data
-            x = x0
-        else:  # Lu et al. 2022b, Algorithm 2
-            h = lam(a_p) - lam(a_t)
-            D_ = x0 if i == 0 else (1 + 1 / (2 * previous_h / h)) * x0 - 1 / (2 * previous_h / h) * previous_x0
-            x = math.sqrt((1 - a_p) / (1 - a_t)) * x - math.sqrt(a_p) * math.expm1(-h) * D_
-            previous_h = h
-        previous_x0 = x0
+        noise = tf.random.stateless_normal((N, D), [seed, i + 1]).numpy().astype(np.float64) if stochastic else 0.0
+        noise = noise if t_prev >= 0 else 0.0
+        x = _step64(sampler, x, x0, eps, a_t, a_p, noise, i, len(taus), memory, eta, variance)
+        if edit == "inpaint":  # RePaint's replacement, with the step's draw (or ε for the ODE solvers)
+            known = math.sqrt(a_p) * INIT + math.sqrt(1 - a_p) * (noise if stochastic else epsilon)
+            x = np.where(KEEP > 0.5, known, x)
     return x
 
 
@@ -300,7 +453,7 @@ def _assert_golden(samples, stored, probes, case):
 def test_golden_files_hold_every_case(golden):
     new, old = golden
     for case in CASES:
-        assert case[0] in new and case[0] in old, case[0]
+        assert case[0] in new and (case[0] in old) == (case in PRE_ISSUE14_CASES), case[0]
         assert new[case[0]].shape == (N, D) and new[case[0]].dtype == np.float32
 
 
@@ -310,8 +463,9 @@ def test_epsilon_prediction_is_bitwise_the_golden_and_pre_refactor_samples(curre
     for case in CASES:
         if case[2] == "epsilon":
             _assert_golden(samples, new, probes, case)
-            _assert_golden(samples, old, probes, case)
-            np.testing.assert_array_equal(new[case[0]], old[case[0]], err_msg=case[0])
+            if case in PRE_ISSUE14_CASES:  # issue 14 (spacings, solvers, editing) left these bitwise
+                _assert_golden(samples, old, probes, case)
+                np.testing.assert_array_equal(new[case[0]], old[case[0]], err_msg=case[0])
 
 
 def test_x0_and_v_prediction_are_bitwise_the_golden_samples(current, golden):
@@ -325,7 +479,7 @@ def test_x0_and_v_prediction_are_bitwise_the_golden_samples(current, golden):
 def _errors_against_float64(samples, old, probes):
     """{sampler: [(case, |old − reference|_max, |new − reference|_max)]} over the x0- and v-cases."""
     errors = {}
-    for case in CASES:
+    for case in PRE_ISSUE14_CASES:
         if case[2] == "epsilon" or not _same_host(probes, old, case):
             continue
         reference = float64_reference(case)
@@ -354,7 +508,8 @@ def test_x0_and_v_are_closer_to_float64_than_before(current, golden):
             assert np.all(new_errors <= old_errors + 5e-7), report
         else:
             assert np.all(new_errors < old_errors) and new_errors.max() < 1e-6, report
-    assert sum(len(rows) for rows in errors.values()) >= 2 * len([c for c in CASES if c[2] == "x0" and c[1] != "mlp"])
+    assert sum(len(rows) for rows in errors.values()) >= 2 * len([c for c in PRE_ISSUE14_CASES
+                                                                  if c[2] == "x0" and c[1] != "mlp"])
 
 
 def test_every_case_follows_the_float64_reference(current):

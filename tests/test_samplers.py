@@ -728,14 +728,15 @@ def test_new_solvers_recover_the_gaussian(sampler, bound):
 
 @pytest.mark.parametrize("sampler", ["dpmpp_2m", "dpmpp_3m", "unipc", "heun"])
 def test_ode_solvers_converge_on_logsnr_spacing(x_T, sampler):
-    """Against the exact probability-flow ODE solution: the error falls from 10 to 50 to 200 steps' worth of
-    evaluations (Heun: half the steps) and ends within the t = 0 → data step's floor."""
+    """Against the exact probability-flow ODE solution: the error at 50 and 200 evaluations (Heun: half the
+    steps) is below that at 10, and at 200 under 1e-3. (By 50 the solvers reach the floor of T = 400's grid: its
+    last steps, e.g. t = 0 → data, cannot be refined.)"""
     exact = exact_ode_solution(x_T)
     errors = []
     for nfe in (10, 50, 200):
         n = (nfe + 1) // 2 if sampler == "heun" else nfe
         errors.append(np.abs(run_sampler(sampler, n, x_T=x_T, spacing="logsnr") - exact).mean())
-    assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-3, errors
+    assert errors[0] > max(errors[1:]) and errors[1] < 3e-3 and errors[2] < 1e-3, errors
 
 
 @pytest.mark.parametrize("sampler,eta", [("dpmpp_3m", 0.0), ("unipc", 0.0), ("heun", 0.0), ("dpmpp_2m_sde", 0.0)])

@@ -237,10 +237,24 @@ def config_to_dict(config):
 def config_differences(saved, requested):
     """[(dotted key, saved value, requested value)] of two config dicts, in key order.
 
-    Keys in `RESUMABLE_CHANGES` and `RECORDED_KEYS` are not compared.
+    Keys in `RESUMABLE_CHANGES` and `RECORDED_KEYS` are not compared, nor keys the schema gained
+    after `saved` was written that are requested at their `base_config` default.
     """
+    defaults = config_to_dict(base_config())
     return [(".".join(path), a, b) for path, a, b in _differences(saved, requested, ())
-            if path not in RESUMABLE_CHANGES and path[0] not in RECORDED_KEYS]
+            if path not in RESUMABLE_CHANGES and path[0] not in RECORDED_KEYS
+            and not (_lookup(saved, path) is _MISSING and _lookup(defaults, path) == b)]
+
+
+_MISSING = object()
+
+
+def _lookup(tree, path):
+    for key in path:
+        if not isinstance(tree, dict) or key not in tree:
+            return _MISSING
+        tree = tree[key]
+    return tree
 
 
 def _differences(saved, requested, prefix):

@@ -722,7 +722,8 @@ def image_size_pair(image_size):
         return None
     if _is_int(image_size) and image_size >= 1:
         return int(image_size), int(image_size)
-    if isinstance(image_size, (tuple, list)) and len(image_size) == 2 and all(_is_int(v) and v >= 1 for v in image_size):
+    pair = isinstance(image_size, (tuple, list)) and len(image_size) == 2
+    if pair and all(_is_int(v) and v >= 1 for v in image_size):
         return int(image_size[0]), int(image_size[1])
     raise ValueError("image_size must be an integer >= 1, (height, width), or 0 for the stored size. "
                      f"Received: image_size={image_size!r}")

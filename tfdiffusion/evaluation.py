@@ -673,7 +673,8 @@ def labelled_sources(dataset="mnist", *, data_path=None, test_path=None, split="
              else {"source": "tfds", "data_dir": data_dir or ""})
     train = data.training_data(dataset, split, **where, **resize)
     if train.labels is None:
-        raise EvaluationError(f"The dataset has no class labels to train a classifier on. Received: dataset={dataset!r}")
+        raise EvaluationError("The dataset has no class labels to train a classifier on. "
+                              f"Received: dataset={dataset!r}")
     same = {"image_size": train.element_shape[:2], "channels": train.element_shape[2]}
     return train, data.training_data(dataset, test_split, **where, **same)
 

@@ -5,27 +5,35 @@
     path = export.export_for_serving(model, "/srv/models", "mnist")   # /srv/models/mnist/1
     # tensorflow_model_server --model_config_file=/srv/models/models.config --rest_api_port=8501
 
-The SavedModel holds two signatures (see docs/SERVING.md):
+The SavedModel holds these signatures (see docs/SERVING.md):
 
-| signature                    | inputs                                                            | outputs            |
-|------------------------------|-------------------------------------------------------------------|--------------------|
-| `sample` (= `serving_default`)| seed int64 [], num_samples int32 [], num_steps int32 [],         | samples float32    |
-|                              | sampler string [], eta float32 [], guidance_scale float32 [],     | [N, H, W, C]       |
-|                              | labels int32 [N]                                                  | (data space)       |
-| `denoise`                    | x_t float32 [N, H, W, C], t int32 [N], labels int32 [N]           | eps float32 [N,H,W,C] |
+| signature                     | inputs                                                            | outputs            |
+|-------------------------------|-------------------------------------------------------------------|--------------------|
+| `sample` (= `serving_default`)| seed int64 [], num_samples int32 [], num_steps int32 [],          | samples float32    |
+|                               | sampler string [], eta float32 [], guidance_scale float32 [],     | [N, H, W, C]       |
+|                               | labels int32 [N], spacing string []                               | (data space)       |
+| `edit`                        | images float32 [N, H, W, C] (data space), mask float32            | samples float32    |
+|                               | [N, H, W, 1] (1: keep, 0: generate; all zeros: image-to-image     | [N, H, W, C]       |
+|                               | only), strength float32 [], and every input of `sample`           | (data space)       |
+| `denoise`                     | x_t float32 [N, H, W, C], t int32 [N], labels int32 [N]           | eps float32 [N,H,W,C] |
+| `limits`                      | none                                                              | num_timesteps, num_classes (0: unconditional), data_shape, data_range, max_num_samples (0: no bound), samplers, spacings |
+
+`edit` takes images and mask of any rank, so that a wrong shape is refused by its own check, which
+names the input, rather than by the feed.
 
 The archive is written through `keras.export.ExportArchive`, whose SavedModel also loads
 in the TF1-session loader that TF Serving and `saved_model_cli run` use (Keras 3 layers
-saved from a plain `tf.Module` do not). Neither signature is XLA-compiled: TF Serving
+saved from a plain `tf.Module` do not). No signature is XLA-compiled: TF Serving
 runs without XLA on CPU, and the noise is drawn with `tf.random.stateless_normal` exactly
-as `DiffusionModel.generate` draws it, so one seed gives the same samples eagerly, with
-`generate` and from the server.
+as `DiffusionModel.generate` draws it, so one seed gives the same samples (and edits) eagerly,
+with `generate` and from the server.
 
-A bad request (num_steps outside [1, T], num_samples < 1, an unknown sampler, eta outside
-[0, 1], labels out of range or not one per sample for a class-conditional model, t outside
-[0, T)) fails with an InvalidArgumentError whose message names the argument, e.g.
-"num_steps must be in [1, 20]. Received: num_steps=0"; the server keeps serving. These graph
-assertions live here only: the samplers and the model trust the tensors they are given, and
+A bad request (num_steps outside [1, T], num_samples < 1, an unknown sampler or spacing, eta
+outside [0, 1], labels out of range or not one per sample for a class-conditional model, t outside
+[0, T); for `edit` images not [N, H, W, C] or not finite, a mask not [N, H, W, 1] or outside {0, 1},
+strength outside [0, 1], num_samples ≠ N) fails with an InvalidArgumentError whose message names the
+argument, e.g. "num_steps must be in [1, 20]. Received: num_steps=0"; the server keeps serving. These
+graph assertions live here only: the samplers and the model trust the tensors they are given, and
 Python callers are checked where they enter (`DiffusionModel.generate`, `samplers.sample`).
 """
 
@@ -308,7 +316,7 @@ def _write_archive(archive, path):
 
 
 def export_sampler(model, export_dir, *, max_num_samples=None):
-    """Writes `model`'s `sample`, `serving_default` and `denoise` signatures to `export_dir`.
+    """Writes `model`'s `sample` (also `serving_default`), `edit`, `denoise` and `limits` signatures to `export_dir`.
 
     The SavedModel is written through `checkpoints.atomic_path`: into a hidden directory beside
     `export_dir` (which TF Serving's version scan ignores), renamed into place when complete, so a

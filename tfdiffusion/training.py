@@ -249,12 +249,12 @@ def _run_loop(model, strategy, examples, config, manager, start_step, workdir):
         return examples.batches(config.data.batch_size, seed=config.seed, start_step=first_step,
                                 with_labels=model.num_classes is not None)
 
-    if config.train.strategy == "multi_worker":
-        return custom_loop(model, strategy, batches, batch_size=config.data.batch_size, **schedule)
     dataset = batches(start_step)
     if model.data_range is not None:  # images; a toy's model space is unbounded
         first = next(iter(dataset.take(1)))
         data_lib.check_in_model_space(first[0] if isinstance(first, tuple) else first)
+    if config.train.strategy == "multi_worker":
+        return custom_loop(model, strategy, batches, batch_size=config.data.batch_size, **schedule)
     return keras_fit_loop(model, dataset, verbose=config.train.verbose, sample_every=config.train.sample_every,
                           sample=config.sample.to_dict(), **schedule)
 
@@ -279,7 +279,8 @@ def keras_fit_loop(model, dataset, *, start_step, total_steps, checkpoint_every,
 
     Args:
       model: a compiled `DiffusionModel` (see `builders.build_compiled_model`).
-      dataset: the endless batches from step `start_step` on (`data.step_indexed_batches`).
+      dataset: the endless batches from step `start_step` on (`data.ArrayData.batches`,
+        `data.EncodedImages.batches`: batch k a function of the seed and k).
       start_step, total_steps: multiples of `checkpoint_every`, one `fit` epoch each.
       checkpoint_every: steps between checkpoints written through `manager`.
       log_every: steps between TensorBoard loss points in `workdir`/logs.

@@ -3,7 +3,9 @@
     python tools/train.py --config=configs/moons.py --workdir=runs/moons [--config.train.steps=N ...]
 
 Writes config.json, checkpoints/, logs/ (TensorBoard), loss.csv, samples.png, model.keras and
-summary.json into --workdir. A bad command line, config key or value ends with one line naming it
+summary.json into --workdir. Shows the step, loss, time per step and ETA of the run: one line redrawn
+on a terminal, a line every config.train.log_every steps in a log file or CI (`training.ProgressBar`;
+--config.train.verbose=False for none). A bad command line, config key or value ends with one line naming it
 and the value received, and exit status 1 (`--verbose` shows the traceback); a loss that became
 NaN/Inf ends with exit status 3 (the last good checkpoint is kept).
 """
