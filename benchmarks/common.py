@@ -371,22 +371,16 @@ def append_throughput_row(record, *, compiler):
     append_markdown_row("Training throughput", row, record["command"], record["machine"])
 
 
-# -- sample quality: time_to_quality.py and mnist_quality.py ------------------------------------------
-def draw_timed(model, *, sampler, num_steps, num_samples, batch_size, seed):
-    """(samples, seconds) drawn by `tfdiffusion.evaluation`'s protocol (batch i with `batch_seed(seed, i)`)."""
+# -- sample quality: time_to_quality.py ---------------------------------------------------------------------
+def sample_quality(model, extractor, reference, *, num_samples, batch_size, seed, **request):
+    """(samples, {fid, kid_mean, confident_fraction, sampling_seconds}) of `num_samples` samples drawn by
+    `tfdiffusion.evaluation`'s protocol (batch i with `batch_seed(seed, i)`; `request`: `ModelSampler`'s)."""
     from tfdiffusion import evaluation  # pylint: disable=import-outside-toplevel  (imports TensorFlow)
 
     start = time.perf_counter()
-    samples = evaluation.draw_samples(evaluation.ModelSampler(model, sampler=sampler, num_steps=num_steps),
-                                      num_samples, batch_size=batch_size, seed=seed)
-    return samples, time.perf_counter() - start
-
-
-def sample_quality(model, extractor, reference, *, seed, **request):
-    """(samples, {fid, kid_mean, confident_fraction, sampling_seconds}) of `draw_timed(model, **request)`."""
-    from tfdiffusion import evaluation  # pylint: disable=import-outside-toplevel
-
-    samples, seconds = draw_timed(model, seed=seed, **request)
+    samples = evaluation.draw_samples(evaluation.ModelSampler(model, **request), num_samples, batch_size=batch_size,
+                                      seed=seed)
+    seconds = time.perf_counter() - start
     report = evaluation.image_report(samples, extractor, reference, seed=seed)
     return samples, {"fid": report["fid"], "kid_mean": report["kid_mean"],
                      "confident_fraction": report["confident_fraction"], "sampling_seconds": seconds}

@@ -12,6 +12,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -88,6 +89,53 @@ def test_sampling_smoke_in_bfloat16(tmp_path):
     assert summary["precision"] == "mixed_bfloat16" and summary["inprocess_s"] > 0, summary
     # The eager loop draws the same samples as the compiled one, up to bf16 round-off.
     assert summary["eager_max_abs_diff"] < 0.5, summary
+
+
+def test_sampler_accuracy_smoke(tmp_path):
+    output = tmp_path / "accuracy.md"
+    result = run_python(["benchmarks/sampler_accuracy.py", "--toys=gaussian", "--nfe=3,10", "--samplers=ddim,heun",
+                         "--spacings=logsnr", "--num_samples=64", "--num_stochastic_samples=64", "--json",
+                         f"--output={output}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    cells = {(r["kind"], r["sampler"], r["nfe_budget"]): r for r in json_lines(result.stdout)}
+    # NFE as they ran: Heun's 2·n − 1 fits 3 evaluations with 2 steps, 10 with 5 (9 evaluations).
+    assert (cells["ode_error", "heun", 3]["steps"], cells["ode_error", "heun", 10]["nfe"]) == (2, 9), cells
+    assert cells["ode_error", "ddim", 10]["error"] < cells["ode_error", "ddim", 3]["error"], cells
+    assert {kind for kind, _, _ in cells} == {"ode_error", "w1"} and "| heun | logsnr |" in output.read_text()
+
+
+SAMPLER_QUALITY_SETUP = """
+import pathlib, sys
+sys.path.insert(0, 'tests')
+import test_evaluation
+from tfdiffusion import evaluation
+
+root = pathlib.Path(sys.argv[1])
+idx_dir = test_evaluation.write_idx_digits(root / 'idx')
+(root / 'run').mkdir()
+test_evaluation.tiny_image_model(str(root / 'run' / 'model.keras'))
+print(evaluation.train_classifier(str(root / 'classifier'), 'mnist', idx_dir=str(idx_dir), epochs=1, batch_size=32,
+                                  verbose=0)['classifier'])
+"""
+
+
+def test_sampler_quality_smoke(tmp_path):
+    # An untrained tiny model (T = 20) and a one-epoch classifier of IDX bands: the plumbing, not the numbers.
+    setup = run_python(["-c", SAMPLER_QUALITY_SETUP, str(tmp_path)])
+    assert setup.returncode == 0, setup.stderr[-3000:]
+    report = tmp_path / "quality.md"
+    result = run_python(["benchmarks/sampler_quality.py", "--mode=fid,inpaint,img2img", f"--workdir={tmp_path / 'run'}",
+                         f"--classifier={setup.stdout.split()[-1]}", f"--idx_dir={tmp_path / 'idx'}",
+                         "--samplers=ddim,heun", "--spacings=uniform", "--nfe=3", "--reference=ddpm:4",
+                         "--num_samples=8", "--batch_size=8", "--edit_sampler=ddpm:2:uniform", "--num_images=4",
+                         "--strengths=0,1", f"--report={report}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json_lines(result.stdout)
+    fid = {row["sampler"]: row for row in rows if "fid" in row}
+    assert {s: (r["num_steps"], r["nfe"]) for s, r in fid.items()} == {"ddpm": (4, 4), "ddim": (3, 3), "heun": (2, 3)}
+    img2img = {row["strength"]: row for row in rows if row.get("mode") == "img2img"}
+    assert img2img[0.0]["mean_abs_change"] < 1e-6 < img2img[1.0]["mean_abs_change"], img2img  # strength 0 keeps the image
+    assert "### Inpainting" in report.read_text() and all(np.isfinite(r["fid"]) for r in fid.values())
 
 
 def _summary(benchmark, **fields):

@@ -121,7 +121,7 @@ def test_the_known_region_is_a_q_sample_after_every_step(sampler):
     """After each step to τ the known pixels are √ᾱ_τ x_0 + √(1 − ᾱ_τ) z: z the step's own draw for a
     stochastic solver (RePaint, Algorithm 1, line 5), the seed's x_T draw for an ODE solver."""
     init, seed, n = _init(8, 0.7, 0.0), 3, 6
-    _, frames = edit(sampler, n, init, seed=seed, mask=KEEP_FIRST[:8], trajectory_every=1)
+    _, frames = edit(sampler, n, init, seed=seed, mask=KEEP_FIRST[:8], trajectory_every=1, spacing="uniform")
     levels = list(samplers.timestep_sequence(n, T).numpy()[1:]) + [-1]
     for i, t in enumerate(levels, start=1):  # frame i is x after step i − 1
         a = 1.0 if t < 0 else ALPHA_BAR[t]

@@ -6,7 +6,7 @@ Floors, bottom to top (README's Layout section lists the modules in this order):
     1  diffusion, analytic
     2  samplers, metrics, plots
     3  model
-    4  builders, checkpoints, features, evaluation, export, training, reports, cli
+    4  builders, checkpoints, callbacks, features, evaluation, export, training, reports, cli
     5  tools/, benchmarks/, examples/
 
 Imports inside functions count too. A module that is not declared here fails the test, so a
@@ -24,10 +24,10 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FLOORS = {
     "schedules": 0, "layers": 0, "data": 0, "config": 0, "optimizers": 0, "precision": 0,
-    "diffusion": 1, "analytic": 1,
-    "samplers": 2, "metrics": 2, "plots": 2,
+    "diffusion": 1,
+    "samplers": 2, "analytic": 2, "metrics": 2, "plots": 2,
     "model": 3,
-    "builders": 4, "checkpoints": 4, "features": 4, "evaluation": 4, "export": 4, "training": 4, "reports": 4,
+    "builders": 4, "checkpoints": 4, "callbacks": 4, "features": 4, "evaluation": 4, "export": 4, "training": 4, "reports": 4,
     "cli": 4,
 }
 TOP_FLOOR = 5

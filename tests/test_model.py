@@ -129,9 +129,31 @@ def test_generate_same_seed_same_samples_and_validates(trained_moons):
         ({"num_samples": 4, "ddpm_variance": "large"}, "ddpm_variance='large'"),
         ({"num_samples": 4, "trajectory_every": 0}, "trajectory_every=0"),
         ({"num_samples": 4, "guidance_scale": float("nan")}, "guidance_scale=nan"),
+        ({"num_samples": 4, "spacing": "cosine"}, "spacing='cosine'"),
+        ({"num_samples": 4, "init_images": np.zeros((4, 2)), "strength": 1.5}, "strength=1.5"),
     ]:
         with pytest.raises(ValueError, match=f"Received: {received.replace('[', '.').replace(']', '.')}"):
             model.generate(**kwargs)
+
+
+def test_generate_with_a_spacing_and_a_toy_edit(trained_moons):
+    """Every spacing runs through generate; a toy (data_range None) edits in model space, keeping masked points."""
+    model, _ = trained_moons
+    by_spacing = {s: model.generate(256, seed=3, sampler="unipc", num_steps=6, spacing=s) for s in tfd.samplers.SPACINGS}
+    assert len({v.tobytes() for v in by_spacing.values()}) == len(tfd.samplers.SPACINGS)
+    points = tfd.data.make_moons_dataset(256, seed=4).astype(np.float32)
+    keep_x = np.tile([[1.0, 0.0]], (256, 1)).astype(np.float32)  # keep each point's first coordinate
+    edited = model.generate(256, seed=3, sampler="dpmpp_2m", num_steps=6, init_images=points, mask=keep_x)
+    np.testing.assert_array_equal(edited[:, 0], points[:, 0])
+    assert np.abs(edited[:, 1] - points[:, 1]).mean() > 0.01
+
+
+def test_from_data_space_inverts_to_data_space():
+    model = built_model(data_range=(0.0, 255.0))
+    pixels = np.linspace(0.0, 255.0, 11, dtype=np.float32)
+    model_space = model.from_data_space(pixels).numpy()
+    np.testing.assert_allclose(model_space, np.linspace(-1.0, 1.0, 11), atol=1e-6)
+    np.testing.assert_allclose(model.to_data_space(model_space).numpy(), pixels, atol=1e-4)
 
 
 def test_trajectory_ends_at_the_samples(trained_moons):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfdiffusion import builders, data, plots, training
+from tfdiffusion import builders, callbacks, data, plots, training
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -57,12 +57,12 @@ def test_sample_grids_are_written_to_tensorboard_every_sample_every_steps(sample
 def test_a_grid_is_the_ema_model_sampled_with_the_fixed_seed(sampled_run):
     workdir, config = sampled_run
     model = builders.model_from_checkpoint(str(workdir), step=4, use_ema=True)
-    images = training.sample_images(model, config.sample.to_dict())
+    images = callbacks.sample_images(model, config.sample.to_dict())
     expected = tf.image.convert_image_dtype(plots.image_grid(images), tf.uint8, saturate=True).numpy()
     written = image_summaries(workdir / "logs" / "samples")[4]
     assert np.abs(written.astype(int) - expected.astype(int)).max() <= 1  # up to the rounding of the PNG
     raw = builders.model_from_checkpoint(str(workdir), step=4, use_ema=False)
-    raw_grid = tf.image.convert_image_dtype(plots.image_grid(training.sample_images(raw, config.sample.to_dict())),
+    raw_grid = tf.image.convert_image_dtype(plots.image_grid(callbacks.sample_images(raw, config.sample.to_dict())),
                                             tf.uint8, saturate=True).numpy()
     assert np.abs(written.astype(int) - raw_grid.astype(int)).max() > 1  # the grid is not from the raw weights
 
@@ -91,7 +91,7 @@ def _clock(seconds_per_call):
 
 def test_progress_lines_with_eta_every_log_every_steps_off_a_terminal():
     stream = io.StringIO()
-    _drive(training.ProgressBar(1000, 100, stream=stream, clock=_clock(0.5)), range(501, 1001))
+    _drive(callbacks.ProgressBar(1000, 100, stream=stream, clock=_clock(0.5)), range(501, 1001))
     lines = stream.getvalue().splitlines()
     assert len(lines) == 5 and "\r" not in stream.getvalue()
     assert lines[0] == "step 600/1000 loss 0.2500 · 0.5 s/step · ETA 3:20"  # 400 steps left at 0.5 s
@@ -100,7 +100,7 @@ def test_progress_lines_with_eta_every_log_every_steps_off_a_terminal():
 
 def test_progress_bar_redraws_one_line_on_a_terminal():
     stream = io.StringIO()
-    _drive(training.ProgressBar(100, 10, stream=stream, interactive=True, clock=_clock(0.1)), range(1, 101))
+    _drive(callbacks.ProgressBar(100, 10, stream=stream, interactive=True, clock=_clock(0.1)), range(1, 101))
     text = stream.getvalue()
     assert text.endswith("\n") and text.count("\n") == 1
     frames = text.strip().split("\r")[1:]

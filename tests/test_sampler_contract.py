@@ -21,7 +21,7 @@ Measured failures are strict xfails carrying their numbers (`NON_MONOTONE`, `BOU
 contract is the issue's, not loosened to fit; a failure that goes away fails the run until its entry
 is removed.
 
-NFE are counted as they ran (`analytic.CountingDenoiser`), not inferred from num_steps: at a budget
+NFE are counted as they ran (`analytic.SamplerRun`, `analytic.CountingDenoiser`), not inferred from num_steps: at a budget
 of n evaluations a solver runs the largest num_steps whose count is ≤ n (Heun's two per step).
 The fast part is the Gaussian at the default spacing; every other (case, spacing) is marked slow.
 """
@@ -33,7 +33,6 @@ import math
 import numpy as np
 import pytest
 import scipy.stats
-import tensorflow as tf
 
 from tfdiffusion import analytic, samplers, schedules
 from tfdiffusion.diffusion import GaussianDiffusion
@@ -53,24 +52,14 @@ STOCHASTIC_STEPS = (5, 10, 20, 50, 200, 1000)
 
 @functools.lru_cache(maxsize=None)
 def _compiled(toy, sampler, spacing, eta, stochastic):
-    """One tf.function per configuration, num_steps (and the seed) as tensors, and its counter."""
-    counted = analytic.CountingDenoiser(analytic.TOYS[toy].denoise_fn(DIFFUSION))
-    shape = (NUM_SAMPLES, 1) if stochastic else X_T.shape
-    x_T = None if stochastic else tf.constant(X_T)
-
-    @tf.function(autograph=False)
-    def run(num_steps, seed):
-        return samplers.sample(counted, DIFFUSION, shape, sampler=sampler, spacing=spacing, num_steps=num_steps,
-                               eta=eta, seed=seed, x_T=x_T)
-
-    return run, counted
+    """One compiled `analytic.SamplerRun` per configuration (num_steps and the seed are tensors)."""
+    return analytic.SamplerRun(analytic.TOYS[toy], DIFFUSION, sampler, spacing, eta,
+                               x_T=None if stochastic else X_T, num_samples=NUM_SAMPLES)
 
 
 def run_sampler(toy, sampler, spacing, num_steps, *, eta=0.0, stochastic=False, seed=0):
     """(samples float64, NFE counted)."""
-    run, counted = _compiled(toy, sampler, spacing, eta, stochastic)
-    x = run(tf.constant(num_steps), tf.constant(seed, tf.int64)).numpy().astype(np.float64)
-    return x, counted.take()
+    return _compiled(toy, sampler, spacing, eta, stochastic)(num_steps, seed)
 
 
 @functools.lru_cache(maxsize=None)
@@ -88,18 +77,10 @@ def final_step_floor(toy):
 @functools.lru_cache(maxsize=None)
 def ode_error(toy, sampler, spacing, nfe_budget):
     """(mean |x − x_exact|, NFE used, num_steps) at the most steps whose counted NFE ≤ nfe_budget."""
-    eta = DETERMINISTIC[sampler]
-    num_steps = nfe_budget
-    x, nfe = run_sampler(toy, sampler, spacing, num_steps, eta=eta)
-    while nfe > nfe_budget and num_steps > 1:  # NFE grows with num_steps: scale down, then climb back
-        num_steps = max(1, min(num_steps - 1, num_steps * nfe_budget // nfe))
-        x, nfe = run_sampler(toy, sampler, spacing, num_steps, eta=eta)
-    assert nfe <= nfe_budget, f"{sampler} needs {nfe} evaluations for one step"
-    while True:
-        more, more_nfe = run_sampler(toy, sampler, spacing, num_steps + 1, eta=eta)
-        if more_nfe > nfe_budget:
-            return float(np.abs(x - exact_solution(toy)).mean()), nfe, num_steps
-        x, nfe, num_steps = more, more_nfe, num_steps + 1
+    found = _compiled(toy, sampler, spacing, DETERMINISTIC[sampler], False).within(nfe_budget)
+    assert found is not None, f"{sampler} needs more than {nfe_budget} evaluations for one step"
+    x, nfe, num_steps = found
+    return float(np.abs(x - exact_solution(toy)).mean()), nfe, num_steps
 
 
 def _fast_only_for(toy, spacing):
@@ -167,9 +148,8 @@ def test_deterministic_and_stochastic_are_classified_right(sampler):
     for eta, stochastic in [(DETERMINISTIC.get(sampler), False)] + [(eta, True) for eta in stochastic_etas]:
         if eta is None:
             continue
-        run, counted = _compiled("gaussian", sampler, DEFAULT_SPACING, eta, False)
-        first, second = (run(tf.constant(10), tf.constant(seed, tf.int64)).numpy() for seed in (1, 2))
-        counted.take()
+        run = _compiled("gaussian", sampler, DEFAULT_SPACING, eta, False)
+        first, second = (run(10, seed)[0] for seed in (1, 2))
         assert np.array_equal(first, second) != stochastic, (sampler, eta)
 
 

@@ -66,9 +66,11 @@ def hand_sequence(n):
 _FUNCTIONS = {}
 
 
-def run_sampler(sampler, num_steps, eta=0.0, *, x_T=None, seed=1, shape=(N, 1), **kwargs):
-    """samplers.sample in one tf.function per configuration (num_steps and eta as tensors)."""
-    key = (sampler, shape, x_T is None, tuple(sorted(kwargs)))
+def run_sampler(sampler, num_steps, eta=0.0, *, x_T=None, seed=1, shape=(N, 1), spacing="uniform", **kwargs):
+    """samplers.sample in one tf.function per configuration (num_steps and eta as tensors; uniform spacing, which
+    `hand_sequence` writes out, unless told)."""
+    kwargs["spacing"] = spacing
+    key = (sampler, shape, x_T is None, tuple(sorted(kwargs.items())))
     if key not in _FUNCTIONS:
         def fn(num_steps, eta, seed, x_T):
             return samplers.sample(analytic_denoise, DIFFUSION, shape, sampler=sampler, num_steps=num_steps, eta=eta,
@@ -237,7 +239,7 @@ def test_timestep_sequence_hand_values():
 def test_ddpm_trajectory_follows_algorithm_2_step_by_step():
     shape, seed, n = (16, 1), 3, 6
     samples, frames = samplers.sample(analytic_denoise, DIFFUSION, shape, sampler="ddpm", num_steps=n, seed=seed,
-                                      trajectory_every=1)
+                                      trajectory_every=1, spacing="uniform")
     frames, samples = frames.numpy(), samples.numpy()
     assert frames.shape == (n + 1,) + shape
     np.testing.assert_array_equal(frames[0], tf.random.stateless_normal(shape, [seed, 0]).numpy())

@@ -26,7 +26,9 @@ cannot beat: exact down to the model's smallest noise level, it still returns x�
 Everything here is float64 NumPy except `denoise_fn`, which returns the TF denoiser
 `(x_t, t, labels) -> (x̂_0, ε̂)` of `tfdiffusion.samplers.sample`, computed in float64 and cast to
 the dtype of x_t, and `CountingDenoiser`, which counts a sampler's network evaluations as they run.
-`TOYS` holds the two cases of the sampler contract.
+`TOYS` holds the two cases of the sampler contract; `SamplerRun` runs one sampler configuration on
+one of them (compiled once, NFE counted) and `SamplerRun.within` finds the most steps a budget of
+network evaluations allows: the measurement both the contract tests and the accuracy benchmark make.
 """
 
 import math
@@ -35,6 +37,8 @@ import numpy as np
 import scipy.integrate
 import scipy.special
 import tensorflow as tf
+
+from tfdiffusion import samplers
 
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -282,3 +286,52 @@ class CountingDenoiser:
         count = int(self.calls.numpy())
         self.calls.assign(0)
         return count
+
+
+class SamplerRun:
+    """One sampler configuration on analytic data, compiled once (num_steps and seed are tensors).
+
+    Args:
+      data: a `GaussianMixture` (e.g. `TOYS["gaussian"]`); its exact denoiser is the network.
+      diffusion: a `GaussianDiffusion`.
+      sampler, spacing, eta: as in `samplers.sample`.
+      x_T: a fixed float32 [N, 1] starting batch (deterministic runs), or None to draw
+        `num_samples` x_T from the seed.
+
+    Calling it with `num_steps` (and `seed`) returns (samples as float64, NFE counted as they ran).
+
+    Example:
+      >>> run = SamplerRun(TOYS["gaussian"], diffusion, "dpmpp_2m", "logsnr", x_T=x_T)
+      >>> x, nfe, num_steps = run.within(10)
+    """
+
+    def __init__(self, data, diffusion, sampler, spacing, eta=0.0, *, x_T=None, num_samples=None):
+        self.counted = CountingDenoiser(data.denoise_fn(diffusion))
+        shape = (num_samples, 1) if x_T is None else x_T.shape
+        x_T = None if x_T is None else tf.constant(x_T)
+
+        @tf.function(autograph=False)
+        def run(num_steps, seed):
+            return samplers.sample(self.counted, diffusion, shape, sampler=sampler, spacing=spacing,
+                                   num_steps=num_steps, eta=eta, seed=seed, x_T=x_T)
+
+        self._run = run
+
+    def __call__(self, num_steps, seed=0):
+        x = self._run(tf.constant(num_steps), tf.constant(seed, tf.int64)).numpy().astype(np.float64)
+        return x, self.counted.take()
+
+    def within(self, budget, seed=0):
+        """(samples, NFE, num_steps) at the most steps whose counted NFE ≤ budget; None if one step exceeds it."""
+        num_steps = budget
+        x, nfe = self(num_steps, seed)
+        while nfe > budget and num_steps > 1:  # NFE grows with num_steps: scale down, then climb back
+            num_steps = max(1, min(num_steps - 1, num_steps * budget // nfe))
+            x, nfe = self(num_steps, seed)
+        if nfe > budget:
+            return None
+        while True:
+            more, more_nfe = self(num_steps + 1, seed)
+            if more_nfe > budget:
+                return x, nfe, num_steps
+            x, nfe, num_steps = more, more_nfe, num_steps + 1

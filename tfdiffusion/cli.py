@@ -289,7 +289,10 @@ USAGE_EXCEPTIONS = (app.UsageError, ValueError, FileNotFoundError, FileExistsErr
 def _fail(message):
     sys.stdout.flush()
     print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
-    sys.exit(1)
+    sys.stderr.flush()
+    # A TFDS download given up on (`data.prepared_tfds_builder`) leaves its pool's worker threads retrying, and
+    # the interpreter's exit would wait minutes for them: a usage error ends the process at once.
+    os._exit(1)
 
 
 def run(main, *, output_dirs=(), precheck=None):

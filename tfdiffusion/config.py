@@ -31,6 +31,8 @@ JIT_SETTINGS = ("auto", True, False)
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 # Keys that may change between runs in one workdir without `allow_config_change`.
 RESUMABLE_CHANGES = (("train", "steps"), ("train", "allow_config_change"))
+# Sections that only say what to draw after training: a resumed run may change them freely.
+RESUMABLE_SECTIONS = ("sample",)
 # Keys training records in a workdir's config.json beside the config (not config keys).
 RECORDED_KEYS = ("data_shape", "class_names")
 VARIANTS = (None, "", "tiny")
@@ -64,7 +66,8 @@ def base_config():
                       "jit_compile": "auto", "steps_per_execution": 1, "mixed_precision": "auto",
                       "deterministic": False, "strategy": "default", "cpu_devices": 0, "allow_config_change": False,
                       "verbose": True, "sample_every": 0},
-            "sample": {"num_samples": 16, "sampler": "ddpm", "num_steps": 0, "seed": 0, "guidance_scale": 0.0},
+            "sample": {"num_samples": 16, "sampler": "ddpm", "num_steps": 0, "spacing": "uniform", "seed": 0,
+                       "guidance_scale": 0.0},
         }
     )
 
@@ -224,6 +227,7 @@ def _validate_sample(config):
     _require(lambda: sample.num_steps <= config.diffusion.num_timesteps, "sample.num_steps", sample.num_steps,
              f"at most config.diffusion.num_timesteps={config.diffusion.num_timesteps} (0 for all)")
     _check_one_of(config, "sample.sampler", SAMPLER_NAMES)
+    _check_one_of(config, "sample.spacing", SPACING_NAMES)
     _require(lambda: _is_number(sample.guidance_scale) and sample.guidance_scale >= 0, "sample.guidance_scale",
              sample.guidance_scale, "a finite number >= 0")
 
@@ -237,12 +241,12 @@ def config_to_dict(config):
 def config_differences(saved, requested):
     """[(dotted key, saved value, requested value)] of two config dicts, in key order.
 
-    Keys in `RESUMABLE_CHANGES` and `RECORDED_KEYS` are not compared, nor keys the schema gained
+    Keys in `RESUMABLE_CHANGES`, `RESUMABLE_SECTIONS` and `RECORDED_KEYS` are not compared, nor keys the schema gained
     after `saved` was written that are requested at their `base_config` default.
     """
     defaults = config_to_dict(base_config())
     return [(".".join(path), a, b) for path, a, b in _differences(saved, requested, ())
-            if path not in RESUMABLE_CHANGES and path[0] not in RECORDED_KEYS
+            if path not in RESUMABLE_CHANGES and path[0] not in RECORDED_KEYS + RESUMABLE_SECTIONS
             and not (_lookup(saved, path) is _MISSING and _lookup(defaults, path) == b)]
 
 

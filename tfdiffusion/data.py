@@ -42,6 +42,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 BAD_FILE_POLICIES = ("error", "skip")
 # A TFDS download that receives no bytes for this long is given up (offline machines).
 TFDS_STALL_SECONDS = 30.0
+_PROGRESS_BYTES = 64 * 1024
 
 # Environment variable that points at a directory holding the four MNIST IDX files.
 MNIST_DIR_ENV_VAR = "TFDIFFUSION_MNIST_DIR"
@@ -514,11 +515,12 @@ def _download_while_progressing(builder, stall_seconds):
 
     thread = threading.Thread(target=download, name=f"tfds-download-{builder.name}", daemon=True)
     thread.start()
-    received, last_progress = -1, time.monotonic()
+    received, last_progress = _bytes_under(watched), time.monotonic()
     while thread.is_alive():
         thread.join(0.5)
         size = _bytes_under(watched)
-        if size > received:
+        # Each failed retry leaves a few small bookkeeping files: only real data counts as progress.
+        if size >= received + _PROGRESS_BYTES:
             received, last_progress = size, time.monotonic()
         elif time.monotonic() - last_progress > stall_seconds:
             return f"no data arrived for {stall_seconds:g} s"

@@ -142,10 +142,11 @@ class ModelSampler:
 
     Args:
       model: a built `DiffusionModel`.
-      sampler: "ddpm", "ddim" or "dpmpp_2m" (checked by `model.generate`, as are eta and guidance_scale).
+      sampler: one of `samplers.SAMPLERS` (checked by `model.generate`, as are eta, guidance_scale and spacing).
       num_steps: sampling steps in [0, T]; 0 means T.
       eta: DDIM η.
       guidance_scale: classifier-free guidance weight; ignored for an unconditional model.
+      spacing: the timestep spacing, one of `samplers.SPACINGS`.
       source: what the report names as the model (a path), or None.
       workdir: the model's workdir (its config.json names the dataset), or None.
 
@@ -158,8 +159,8 @@ class ModelSampler:
 
     model_format = "keras"
 
-    def __init__(self, model, *, sampler="ddim", num_steps=0, eta=0.0, guidance_scale=0.0, source=None,
-                 workdir=None):
+    def __init__(self, model, *, sampler="ddim", num_steps=0, eta=0.0, guidance_scale=0.0, spacing="uniform",
+                 source=None, workdir=None):
         if not isinstance(model, DiffusionModel) or model.data_shape is None:
             raise EvaluationError(f"model must be a built DiffusionModel. Received: model={model!r}")
         num_timesteps = model.diffusion.num_timesteps
@@ -167,7 +168,7 @@ class ModelSampler:
                 or not 0 <= num_steps <= num_timesteps:
             raise EvaluationError(f"num_steps must be in [0, {num_timesteps}] (0 means T). "
                                   f"Received: num_steps={num_steps!r}")
-        self.model, self.sampler, self.eta = model, sampler, eta
+        self.model, self.sampler, self.eta, self.spacing = model, sampler, eta, spacing
         self.num_steps = int(num_steps) or num_timesteps
         self.num_classes = model.num_classes
         self.guidance_scale = guidance_scale if self.num_classes is not None else None
@@ -182,7 +183,8 @@ class ModelSampler:
 
     def __call__(self, num_samples, seed, first_index):
         return self.model.generate(num_samples, seed=seed, sampler=self.sampler, num_steps=self.num_steps,
-                                   eta=self.eta, labels=self.requested_labels(first_index, num_samples),
+                                   spacing=self.spacing, eta=self.eta,
+                                   labels=self.requested_labels(first_index, num_samples),
                                    guidance_scale=self.guidance_scale)
 
 
@@ -195,14 +197,15 @@ class SavedModelSampler:
 
     Args:
       path: the SavedModel directory.
-      sampler, num_steps (≥ 1), eta, guidance_scale: the request.
+      sampler, num_steps (≥ 1), eta, guidance_scale, spacing: the request.
       num_classes: classes of a conditional export.
     """
 
     model_format = "saved_model"
     workdir = None
 
-    def __init__(self, path, *, sampler="ddim", num_steps=1, eta=0.0, guidance_scale=0.0, num_classes=10):
+    def __init__(self, path, *, sampler="ddim", num_steps=1, eta=0.0, guidance_scale=0.0, spacing="uniform",
+                 num_classes=10):
         if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "saved_model.pb")):
             raise FileNotFoundError(f"saved_model is not a SavedModel directory. Received: saved_model={path!r}")
         _check_integer("num_steps", num_steps, 1)
@@ -213,6 +216,7 @@ class SavedModelSampler:
                                   f"Received: saved_model={path!r}")
         self._loaded, self._function = loaded, loaded.signatures["sample"]
         self.sampler, self.num_steps, self.eta, self.guidance_scale = sampler, num_steps, eta, guidance_scale
+        self.spacing = spacing
         self.num_classes = num_classes
         self.data_shape = tuple(self._function.structured_outputs["samples"].shape[1:])
         self.source = os.path.abspath(path)
@@ -226,6 +230,7 @@ class SavedModelSampler:
             out = self._function(
                 seed=tf.constant(seed, tf.int64), num_samples=tf.constant(num_samples, tf.int32),
                 num_steps=tf.constant(self.num_steps, tf.int32), sampler=tf.constant(self.sampler),
+                spacing=tf.constant(self.spacing),
                 eta=tf.constant(self.eta, tf.float32), guidance_scale=tf.constant(self.guidance_scale, tf.float32),
                 labels=tf.constant(labels, tf.int32))
         except tf.errors.InvalidArgumentError as error:
@@ -240,14 +245,14 @@ def _assertion_text(message):
 
 
 def open_sampler(*, model=None, saved_model=None, checkpoint_step=None, sampler="ddim", num_steps=0, eta=0.0,
-                 guidance_scale=0.0, num_classes=10):
+                 guidance_scale=0.0, spacing="uniform", num_classes=10):
     """A `ModelSampler` of a workdir, model.keras or checkpoint, or a `SavedModelSampler`.
 
     Args:
       model: a workdir or a model.keras path (exactly one of model and saved_model).
       saved_model: an exported SavedModel directory.
       checkpoint_step: with a workdir, the checkpoint to restore (EMA weights).
-      sampler, num_steps, eta, guidance_scale: the sampling request (num_steps 0 means T, models only).
+      sampler, num_steps, eta, guidance_scale, spacing: the sampling request (num_steps 0 means T, models only).
       num_classes: classes of a conditional SavedModel.
 
     Returns:
@@ -258,10 +263,11 @@ def open_sampler(*, model=None, saved_model=None, checkpoint_step=None, sampler=
                               f"saved_model={saved_model!r}")
     if saved_model is not None:
         return SavedModelSampler(saved_model, sampler=sampler, num_steps=num_steps, eta=eta,
-                                 guidance_scale=guidance_scale, num_classes=num_classes)
+                                 guidance_scale=guidance_scale, spacing=spacing, num_classes=num_classes)
     path, workdir = _resolve_model_path(model, checkpoint_step)
     return ModelSampler(_load_resolved_model(path, checkpoint_step, use_ema=True), sampler=sampler,
-                        num_steps=num_steps, eta=eta, guidance_scale=guidance_scale, source=os.path.abspath(path),
+                        num_steps=num_steps, eta=eta, guidance_scale=guidance_scale, spacing=spacing,
+                        source=os.path.abspath(path),
                         workdir=workdir)
 
 
@@ -514,7 +520,8 @@ def prepare_image_evaluation(dataset, image_shape, *, features="auto", classifie
 
 def evaluate(*, model=None, saved_model=None, checkpoint_step=None, features="auto", classifier=None,
              inception_weights="imagenet", dataset="auto", data_path=None, idx_dir=None, data_dir=None,
-             num_samples=10000, sampler="ddim", num_steps=0, eta=0.0, guidance_scale=0.0, num_classes=10, seed=0,
+             num_samples=10000, sampler="ddim", num_steps=0, eta=0.0, guidance_scale=0.0, spacing="uniform",
+             num_classes=10, seed=0,
              batch_size=500, reference_split=None, reference_num_images=0, reference_cache_dir=None,
              reference_seed=12345, kid_subsets=100, kid_subset_size=1000, output=None, verbose=True):
     """Draws samples from a model and reports their quality (the module docstring's protocol).
@@ -527,7 +534,7 @@ def evaluate(*, model=None, saved_model=None, checkpoint_step=None, features="au
       data_path, idx_dir, data_dir: a folder of reference images (default for a folder-trained
         workdir: its folder), the IDX and TFDS directories.
       num_samples, batch_size, seed: how many samples, per sampler call, and the run's seed.
-      sampler, num_steps, eta, guidance_scale, num_classes: the sampling request.
+      sampler, num_steps, eta, guidance_scale, spacing, num_classes: the sampling request.
       reference_split, reference_num_images, reference_cache_dir: the image reference
         (`reference_settings`; all images when 0) and its cache (`prepare_image_evaluation`).
       reference_seed: seed of the toy reference.
@@ -546,7 +553,8 @@ def evaluate(*, model=None, saved_model=None, checkpoint_step=None, features="au
         batch_size=batch_size, reference_split=reference_split, reference_num_images=reference_num_images,
         kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, output=output)
     sample_fn = open_sampler(model=model, saved_model=saved_model, checkpoint_step=checkpoint_step, sampler=sampler,
-                             num_steps=num_steps, eta=eta, guidance_scale=guidance_scale, num_classes=num_classes)
+                             num_steps=num_steps, eta=eta, guidance_scale=guidance_scale, spacing=spacing,
+                             num_classes=num_classes)
     training = _training_data_section(sample_fn.workdir)
     dataset = _infer_dataset(dataset, training, sample_fn.data_shape, data_path)
     image = None
@@ -577,7 +585,7 @@ def _draw_and_record(sample_fn, dataset, num_samples, *, batch_size, seed, eta, 
     samples = draw_samples(sample_fn, num_samples, batch_size=batch_size, seed=seed, verbose=verbose)
     return samples, {"dataset": dataset, "model": sample_fn.source, "model_format": sample_fn.model_format,
                      "num_samples": num_samples, "sampler": sample_fn.sampler, "num_steps": int(sample_fn.num_steps),
-                     "eta": eta, "guidance_scale": guidance_scale, "seed": seed, "batch_size": batch_size,
+                     "spacing": sample_fn.spacing, "eta": eta, "guidance_scale": guidance_scale, "seed": seed, "batch_size": batch_size,
                      "sampling_seconds": time.time() - start}
 
 

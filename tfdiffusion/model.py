@@ -278,7 +278,7 @@ class DiffusionModel(keras.Model):
     # -- sampling --------------------------------------------------------------------------------
     def sample_model_space(self, num_samples, *, seed=0, sampler="ddpm", num_steps=None, eta=0.0, labels=None,
                            guidance_scale=None, trajectory_every=None, ddpm_variance="beta_tilde", clip_denoised=False,
-                           spacing="uniform", init_images=None, strength=None, mask=None):
+                           spacing=samplers.DEFAULT_SPACING, init_images=None, strength=None, mask=None):
         """The reverse process on `denoise` in model space; tensors in, tensors out, not validated.
 
         Arguments are those of `generate` (Python values or tensors; `sampler` and `spacing` may be
@@ -358,8 +358,8 @@ class DiffusionModel(keras.Model):
         return (tf.cast(x, tf.float32) - low) * (2.0 / (high - low)) - 1.0
 
     def generate(self, num_samples, seed=0, sampler="ddpm", num_steps=None, eta=0.0, labels=None,
-                 guidance_scale=None, trajectory_every=None, ddpm_variance="beta_tilde", spacing="uniform",
-                 init_images=None, strength=None, mask=None):
+                 guidance_scale=None, trajectory_every=None, ddpm_variance="beta_tilde",
+                 spacing=samplers.DEFAULT_SPACING, init_images=None, strength=None, mask=None):
         """Draws `num_samples` samples in data space as a NumPy array (one compiled graph), or edits images.
 
         Args are those of `samplers.sample`, plus `guidance_scale`, the classifier-free guidance

@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from tfdiffusion import builders, checkpoints, plots, schedules
+from tfdiffusion import builders, callbacks, checkpoints, plots, schedules
 from tfdiffusion import data as data_lib
 
 FIGURES = ("schedules", "forward", "trajectory", "vector_field", "loss", "samples", "guidance")
@@ -19,22 +19,20 @@ def load_workdir(workdir):
     return builders.load_model(model_path), config.to_dict()
 
 
-def write_samples(model, path, *, name, num_samples, sampler="ddpm", num_steps=0, seed=0, guidance_scale=0.0,
-                  reference=None):
-    """Draws `num_samples` samples and writes them as a PNG: a grid of images or a scatter of points.
+def write_samples(model, path, *, name, reference=None, **sample):
+    """Draws a config's `sample` section of samples and writes them as a PNG: a grid of images or a scatter.
 
-    The keyword arguments are a config's `sample` section (`num_steps=0` means all T steps;
-    `guidance_scale` applies to class-conditional models only, whose samples cycle through
-    the classes); `name` titles the figure and `reference` (toy data) is drawn under a scatter.
-    Returns the samples.
+    `sample` holds the section's keys (`num_samples`, `sampler`, `num_steps` with 0 for all T
+    steps, `spacing`, `seed`, `guidance_scale` for class-conditional models, whose samples cycle
+    through the classes); `name` titles the figure and `reference` (toy data) is drawn under a
+    scatter. Returns the samples.
     """
-    labels = None if model.num_classes is None else np.arange(num_samples) % model.num_classes
-    samples = model.generate(num_samples, seed=seed, sampler=sampler, num_steps=num_steps or None, labels=labels,
-                             guidance_scale=guidance_scale if labels is not None else None)
-    steps = num_steps or model.diffusion.num_timesteps
+    samples = callbacks.sample_images(model, sample)
+    labels = None if model.num_classes is None else np.arange(len(samples)) % model.num_classes
+    steps = sample.get("num_steps") or model.diffusion.num_timesteps
     with checkpoints.atomic_path(path) as temporary:
         plots.save_samples(samples, temporary, reference=None if reference is None else reference[: len(samples)],
-                           labels=labels, title=f"{name}: {sampler}, {steps} steps")
+                           labels=labels, title=f"{name}: {sample.get('sampler', 'ddpm')}, {steps} steps")
     return samples
 
 
@@ -73,11 +71,11 @@ def write_figures(workdir, output_dir, figures=FIGURES, seed=0):
     if toy:
         reference = data_lib.toy_dataset(data_config["name"], 2000, seed=seed + 1)
     if "forward" in figures and not toy:
-        images, _ = data_lib.load_arrays(data_config["name"], "test", source=data_config.get("source", "auto"),
-                                         idx_dir=data_config.get("idx_dir") or None,
-                                         data_dir=data_config.get("data_dir") or None)
+        # The first training example, from whatever source the run trained on (arrays, a folder, TFDS).
+        examples = builders.training_data(data_config, config.get("seed", 0)).examples(1, with_labels=False)
+        first = next(iter(examples))[0].numpy()
         written["forward"] = plots.save_forward_process(
-            images[0], model.diffusion, _spread(model.diffusion.num_timesteps, 8), out("forward"), seed=seed)
+            first, model.diffusion, _spread(model.diffusion.num_timesteps, 8), out("forward"), seed=seed)
     if "trajectory" in figures:
         T = model.diffusion.num_timesteps
         every = max(1, T // 10)

@@ -56,6 +56,9 @@ import tensorflow as tf
 from tfdiffusion.diffusion import VARIANCE_TYPES, eps_from_x0, reverse_mean_variance
 
 SPACINGS = ("uniform", "logsnr", "karras", "quadratic")
+# The spacing of `sample` and `DiffusionModel.generate` when none is given. Issue 14: on the analytic toys
+# "logsnr" measures best (docs/RESULTS.md); "uniform" stays the default until MNIST agrees.
+DEFAULT_SPACING = "uniform"
 KARRAS_RHO = 7.0  # ρ of Karras et al. 2022, eq. 5
 
 
@@ -664,9 +667,9 @@ def _keep_known_region(init_images, mask, initial_noise):
     return keep
 
 
-def reverse_process(denoise_fn, diffusion, shape, *, seed, num_steps, sampler="ddpm", spacing="uniform", eta=0.0,
-                    x_T=None, labels=None, ddpm_variance="beta_tilde", clip_denoised=False, trajectory_every=None,
-                    init_images=None, strength=None, mask=None):
+def reverse_process(denoise_fn, diffusion, shape, *, seed, num_steps, sampler="ddpm", spacing=DEFAULT_SPACING,
+                    eta=0.0, x_T=None, labels=None, ddpm_variance="beta_tilde", clip_denoised=False,
+                    trajectory_every=None, init_images=None, strength=None, mask=None):
     """The driver: builds the reverse process in the current graph, trusting its inputs.
 
     Arguments are those of `sample`, as Python values or tensors (`sampler` and `spacing` string
@@ -713,8 +716,8 @@ def _python_value(value):
     return value.decode() if isinstance(value, bytes) else value
 
 
-def sample(denoise_fn, diffusion, shape, *, sampler="ddpm", num_steps=None, spacing="uniform", eta=0.0, seed=0,
-           x_T=None, labels=None, guidance_scale=None, null_label=None, ddpm_variance="beta_tilde",
+def sample(denoise_fn, diffusion, shape, *, sampler="ddpm", num_steps=None, spacing=DEFAULT_SPACING, eta=0.0,
+           seed=0, x_T=None, labels=None, guidance_scale=None, null_label=None, ddpm_variance="beta_tilde",
            clip_denoised=False, trajectory_every=None, init_images=None, strength=None, mask=None):
     """Draws samples of `shape` from the reverse process of `diffusion`, or edits `init_images`.
 
@@ -726,7 +729,8 @@ def sample(denoise_fn, diffusion, shape, *, sampler="ddpm", num_steps=None, spac
       sampler: one of `SAMPLERS` (a string tensor inside a graph).
       num_steps: steps (default T) on the `spacing`'s timesteps; `network_evaluations` counts the
         network calls (Heun's are 2·num_steps − 1).
-      spacing: one of `SPACINGS` (see `timestep_sequence`; a string tensor inside a graph).
+      spacing: one of `SPACINGS` (see `timestep_sequence`; a string tensor inside a graph); default
+        `DEFAULT_SPACING`.
       eta: DDIM's η ∈ [0, 1].
       seed: integer seed of every random draw.
       x_T: optional initial noise (overrides the seed's x_T; an edit's ε).

@@ -52,7 +52,8 @@ _DATA_PATH = flags.DEFINE_string("data_path", None, "A folder of reference image
 _IDX_DIR = flags.DEFINE_string("idx_dir", None, "IDX directory of the reference images (default: the local MNIST).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory of the reference images.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 10000, "Number of samples to draw and evaluate.")
-_SAMPLER = flags.DEFINE_string("sampler", "ddim", "Sampler: ddpm, ddim or dpmpp_2m.")
+_SAMPLER = flags.DEFINE_string("sampler", "ddim", "Sampler: ddpm, ddim, dpmpp_2m, dpmpp_3m, unipc, heun or dpmpp_2m_sde.")
+_SPACING = flags.DEFINE_string("spacing", "uniform", "Timestep spacing: uniform, logsnr, karras or quadratic.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", 0, "Sampling steps; 0 means T (not allowed with --saved_model).")
 _ETA = flags.DEFINE_float("eta", 0.0, "DDIM η.")
 _GUIDANCE = flags.DEFINE_float("guidance_scale", 0.0, "Classifier-free guidance weight (conditional models).")
@@ -81,7 +82,7 @@ def main(argv):
             features=_FEATURES.value, classifier=_CLASSIFIER.value, inception_weights=_INCEPTION_WEIGHTS.value,
             dataset=_DATASET.value, data_path=_DATA_PATH.value, idx_dir=_IDX_DIR.value, data_dir=_DATA_DIR.value,
             num_samples=_NUM_SAMPLES.value, sampler=_SAMPLER.value, num_steps=_NUM_STEPS.value, eta=_ETA.value,
-            guidance_scale=_GUIDANCE.value, num_classes=_NUM_CLASSES.value, seed=_SEED.value,
+            guidance_scale=_GUIDANCE.value, spacing=_SPACING.value, num_classes=_NUM_CLASSES.value, seed=_SEED.value,
             batch_size=_BATCH_SIZE.value, reference_split=_REFERENCE_SPLIT.value,
             reference_num_images=_REFERENCE_LIMIT.value, reference_cache_dir=_REFERENCE_CACHE_DIR.value,
             reference_seed=_REFERENCE_SEED.value, kid_subsets=_KID_SUBSETS.value,

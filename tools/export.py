@@ -63,28 +63,32 @@ def check_flags():
                                  f"Received: --version={FLAGS.version}")
 
 
-def request_limits(model, max_num_samples):
-    """What a `sample` request to the exported `model` may ask for, as printable lines, and a body it accepts."""
-    from tfdiffusion import samplers
+def describe_limits(limits):
+    """What a `sample` request may ask for, as printable lines, and a REST body within those limits.
 
-    T = model.diffusion.num_timesteps
+    Args:
+      limits: `export.model_limits(model, max_num_samples)`, what the SavedModel's `limits` signature returns.
+    """
+    T, num_classes = int(limits["num_timesteps"]), int(limits["num_classes"])
+    max_num_samples = int(limits["max_num_samples"])
     bound = f"<= {max_num_samples}" if max_num_samples else ">= 1 (no upper bound; --max_num_samples sets one)"
-    if model.num_classes is None:
+    if num_classes:
+        classes = (f"{num_classes} classes: one label per sample in [0, {num_classes}] "
+                   f"({num_classes} = no class, for classifier-free guidance)")
+        labels, guidance_scale = [0, min(1, num_classes - 1)], 2.0
+    else:
         classes = "unconditional: labels and guidance_scale are ignored (send any one label, e.g. [0])"
         labels, guidance_scale = [0], 0.0
-    else:
-        classes = (f"{model.num_classes} classes: one label per sample in [0, {model.num_classes}] "
-                   f"({model.num_classes} = no class, for classifier-free guidance)")
-        labels, guidance_scale = [0, min(1, model.num_classes - 1)], 2.0
+    samplers, spacings = (", ".join(str(name) for name in limits[key]) for key in ("samplers", "spacings"))
     lines = [
         f"T = {T}: num_steps in [1, {T}]",
         classes,
-        f"samples of shape [num_samples, {', '.join(str(d) for d in model.data_shape)}]; num_samples {bound}",
-        f"sampler one of {', '.join(samplers.SAMPLERS)}; eta in [0, 1]",
+        f"samples of shape [num_samples, {', '.join(str(d) for d in limits['data_shape'])}]; num_samples {bound}",
+        f"sampler one of {samplers}; spacing one of {spacings}; eta in [0, 1]",
     ]
     body = {"signature_name": "sample",
             "inputs": {"seed": 3, "num_samples": 2, "num_steps": min(T, 20), "sampler": "ddim", "eta": 0.0,
-                       "guidance_scale": guidance_scale, "labels": labels}}
+                       "guidance_scale": guidance_scale, "labels": labels, "spacing": str(limits["spacings"][0])}}
     return lines, body
 
 
@@ -98,7 +102,7 @@ def main(argv):
         model = model.with_dtype_policy("mixed_bfloat16")
     path = export.export_for_serving(model, FLAGS.export_base, name, FLAGS.version,
                                      serving_base=FLAGS.serving_base, max_num_samples=FLAGS.max_num_samples)
-    lines, body = request_limits(model, FLAGS.max_num_samples)
+    lines, body = describe_limits(export.model_limits(model, FLAGS.max_num_samples))
     print(f"Exported {name!r}. Requests to its `sample` signature:")
     for line in lines:
         print(f"  {line}")
