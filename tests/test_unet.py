@@ -2,9 +2,11 @@
 
 import json
 import re
+import warnings
 import zipfile
 
 import keras
+
 import numpy as np
 import pytest
 
@@ -141,7 +143,8 @@ def test_deprecated_attention_resolutions_resolve_to_the_same_levels_in_build():
     legacy.build((1, 28, 28, 1), (1,))
     assert legacy.attention_levels == (1, 2) and list(legacy.attention_blocks) == LEVELS_1_2
     assert legacy.get_config() == UNet(**LEGACY_28, attention_levels=(1, 2), name="unet").get_config()
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(ValueError, match="not both"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the old key warns before the conflict is refused
         UNet(**LEGACY_28, attention_levels=(1,), attention_resolutions=(7,))
 
 

@@ -248,6 +248,15 @@ class DiffusionModel(keras.Model):
         per_example = tf.reduce_mean(tf.reshape(squared_error, [tf.shape(x0)[0], -1]), axis=1)
         return tf.reduce_mean(self.loss_weight(t) * per_example)
 
+    def fit(self, x=None, *args, **kwargs):
+        """`keras.Model.fit`; a `tf.data.Dataset` is taken in its own order (its pipeline shuffles, or not).
+
+        Keras' default `shuffle=True` does nothing for a Dataset but warn; it is turned off for one.
+        """
+        if isinstance(x, tf.data.Dataset):
+            kwargs.setdefault("shuffle", False)
+        return super().fit(x, *args, **kwargs)
+
     def train_step(self, data):
         x0, labels = self._unpack(data)
         with tf.GradientTape() as tape:
