@@ -2,11 +2,7 @@
 
     python benchmarks/data_throughput.py
 
-PNG and JPEG (quality 90) folders of smooth colour fields with mild noise (compressing about as photos
-do) time `data.image_folder(…, random_flip=True)` batches: read, decode, resize (a pass-through when
---image_size equals --stored_size), flip; then `--config`'s training steps inside one `fit`, fed from
-the PNG folder (streamed) and from the same batches in memory. Smoke: --num_images=32 --batch_size=8
---timed_batches=2 --repeats=1 --extra_repeats=0 --config=configs/images.py:tiny --train_timed_steps=2
+Folders of PNG and JPEG images are written to a temporary directory; see README.md ("Data throughput").
 """
 
 import os
@@ -14,14 +10,13 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 import common  # noqa: E402
-from tfdiffusion import builders, data  # noqa: E402
+from tfdiffusion import builders, data, machine  # noqa: E402
 
 flags.DEFINE_integer("num_images", 2048, "Images per folder.", lower_bound=1)
 flags.DEFINE_integer("stored_size", 64, "Side of the stored images.", lower_bound=1)
@@ -60,33 +55,12 @@ def pipeline_runs(folder):
     return common.measure(block)
 
 
-class TimedBlocks(keras.callbacks.Callback):
-    """`common.Timer` records of blocks of `block` steps after `warmup`, until `common.enough_runs`."""
-
-    def __init__(self, warmup, block):
-        super().__init__()
-        self.warmup, self.block, self.runs, self.steps, self.timer, self.opened = warmup, block, [], 0, None, 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.steps += 1
-        if self.timer is not None and self.steps - self.opened == self.block:
-            self.timer.__exit__(None, None, None)
-            self.runs.append(self.timer.record())
-            self.timer = None
-            self.model.stop_training = common.enough_runs(self.runs, FLAGS.repeats, FLAGS.extra_repeats)
-        if self.steps >= self.warmup and self.timer is None and not self.model.stop_training:
-            self.timer, self.opened = common.timed_section().__enter__(), self.steps
-
-
 def training_runs(config, examples):
     """Timer records of blocks of `--train_timed_steps` training steps fed by `examples`."""
     model = builders.build_compiled_model(config, examples.element_shape, class_names=examples.class_names)
     dataset = examples.batches(FLAGS.batch_size, seed=0, with_labels=model.num_classes is not None)
-    model.fit(dataset, steps_per_epoch=1, epochs=1, verbose=0, shuffle=False)  # compiles
-    timed = TimedBlocks(FLAGS.train_warmup_steps, FLAGS.train_timed_steps)
-    steps = FLAGS.train_warmup_steps + (FLAGS.repeats + FLAGS.extra_repeats) * FLAGS.train_timed_steps
-    model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False, callbacks=[timed])
-    return timed.runs
+    return machine.time_fit(model, dataset, common.repeat_policy(), warmup_steps=FLAGS.train_warmup_steps,
+                            timed_steps=FLAGS.train_timed_steps)[2]
 
 
 def report(table, label, runs, per_block, unit, info, command):

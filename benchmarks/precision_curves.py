@@ -2,11 +2,8 @@
 
     python benchmarks/precision_curves.py --config=configs/moons.py --steps=4000 --log_every=200
 
-Three `training.train` runs in fresh workdirs: float32 seed s, float32 seed s + 1, mixed_bfloat16
-seed s. Batches and noise are functions of (seed, step), so the bf16 run sees the first run's
-examples and noise: their gap is the precision's, and the seed-to-seed gap is the yardstick.
-Reported: the mean relative |bf16 − fp32| and |seed s+1 − seed s| after the first tenth of the
-run ("within noise" when the first is not larger), a figure and a row of --markdown.
+Three `training.train` runs on the same (seed, step)-indexed batches and noise: float32 seed s, float32
+seed s + 1 (the yardstick) and mixed_bfloat16 seed s; see README.md ("Loss curves in bf16").
 """
 
 import math

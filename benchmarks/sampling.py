@@ -17,7 +17,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import common  # noqa: E402
-from tfdiffusion import builders, config as config_lib, evaluation, export, precision, samplers  # noqa: E402
+from tfdiffusion import builders, config as config_lib, evaluation, export, machine, precision, samplers  # noqa: E402
 
 MODES = ("inprocess", "served", "eager")
 
@@ -82,45 +82,40 @@ def sampling_calls(model, directory, extra):
 
 
 def time_modes(calls, num_steps, base):
-    """{mode: Timer records}, rotating the order every attempt, and each mode's last images."""
-    runs, outputs, modes = {mode: [] for mode in calls}, {}, list(calls)
-    attempt = 0
-    while not all(common.enough_runs(runs[m], FLAGS.repeats, FLAGS.extra_repeats) for m in modes):
-        for mode in modes[attempt % len(modes):] + modes[:attempt % len(modes)]:
-            if attempt >= FLAGS.repeats and common.enough_runs(runs[mode], FLAGS.repeats, FLAGS.extra_repeats):
-                continue
-            with common.timed_section() as timer:
-                outputs[mode] = calls[mode](num_steps)
-            runs[mode].append({**timer.record(), "images_per_s": FLAGS.batch_size / timer.wall_s, "attempt": attempt})
-            common.emit_json({**base, "event": "repeat", "mode": mode, **runs[mode][-1]})
-        attempt += 1
+    """{mode: Timer records} (`RepeatPolicy.measure_each`: the order rotates every attempt), each mode's last images."""
+    outputs = {}
+
+    def timed(mode):
+        outputs[mode] = calls[mode](num_steps)
+        return {}
+
+    runs = common.repeat_policy().measure_each({mode: lambda mode=mode: timed(mode) for mode in calls})
+    for mode, mode_runs in runs.items():
+        for run in mode_runs:
+            run["images_per_s"] = FLAGS.batch_size / run["wall_s"]
+            common.emit_json({**base, "event": "repeat", "mode": mode, **run})
     return runs, outputs
 
 
-def ratio_to_inprocess(mode, runs, outputs, ratio):
-    """`ratio` of medians, the median of per-attempt ratios (robust to drift) and the images' largest difference."""
-    pairs = [(r, p) for r in runs[mode] for p in runs["inprocess"] if r["attempt"] == p["attempt"]]
-    clean = [(r, p) for r, p in pairs if not (r["contended"] or p["contended"])]
-    return {f"{mode}_over_inprocess": ratio,
-            f"{mode}_over_inprocess_paired": float(np.median([r["wall_s"] / p["wall_s"] for r, p in clean or pairs])),
-            f"{mode}_over_inprocess_paired_contended": not clean,
-            f"{mode}_max_abs_diff": float(np.max(np.abs(outputs[mode] - outputs["inprocess"])))}
-
-
 def summary_record(base, runs, outputs):
-    summaries = {mode: common.summarize(mode_runs) for mode, mode_runs in runs.items()}
-    record = {**base, "event": "summary", "contended": any(s["contended"] for s in summaries.values()),
+    record = {**base, "event": "summary", "peak_rss_mb": common.peak_rss_mb(),
               "max_other_cpu_fraction": max((r["other_cpu_fraction"] or 0.0) for rs in runs.values() for r in rs),
-              "peak_rss_mb": common.peak_rss_mb(), "contention_threshold": FLAGS.contention_threshold}
-    for mode, s in summaries.items():
-        record.update({f"{mode}_s": s["median_wall_s"], f"{mode}_s_min": s["min_wall_s"], f"{mode}_s_max": s["max_wall_s"],
-                       f"{mode}_images_per_s": FLAGS.batch_size / s["median_wall_s"],
-                       f"{mode}_other_cpu_fraction": s["median_other_cpu_fraction"], f"{mode}_contended": s["contended"],
-                       f"{mode}_runs_used": s["num_runs"] if s["contended"] else s["num_uncontended"],
-                       f"{mode}_num_runs": s["num_runs"]})
-    for mode in ("served", "eager"):
-        if mode in runs and "inprocess" in runs:
-            record.update(ratio_to_inprocess(mode, runs, outputs, record[f"{mode}_s"] / record["inprocess_s"]))
+              "contention_threshold": FLAGS.contention_threshold}
+    for mode, mode_runs in runs.items():
+        s = common.summarize(mode_runs)
+        record.update({f"{mode}_s": s["median_wall_s"], f"{mode}_s_min": s["min_wall_s"],
+                       f"{mode}_s_max": s["max_wall_s"], f"{mode}_images_per_s": FLAGS.batch_size / s["median_wall_s"],
+                       f"{mode}_other_cpu_fraction": s["median_other_cpu_fraction"],
+                       f"{mode}_contended": s["contended"], f"{mode}_num_runs": s["num_runs"],
+                       f"{mode}_runs_used": s["num_runs"] if s["contended"] else s["num_uncontended"]})
+    record["contended"] = any(record[f"{mode}_contended"] for mode in runs)
+    for mode in ("served", "eager") if "inprocess" in runs else ():
+        if mode in runs:  # the per-attempt ratio is robust to drift, the ratio of medians is not
+            paired, contended = machine.paired_ratio(runs[mode], runs["inprocess"])
+            record.update({f"{mode}_over_inprocess": record[f"{mode}_s"] / record["inprocess_s"],
+                           f"{mode}_over_inprocess_paired": paired,
+                           f"{mode}_over_inprocess_paired_contended": contended,
+                           f"{mode}_max_abs_diff": float(np.max(np.abs(outputs[mode] - outputs["inprocess"])))})
     return record
 
 

@@ -1,26 +1,23 @@
 """Time to quality: FID against minutes of training, MNIST's default config vs the tutorial's recipe.
 
-    python benchmarks/time_to_quality.py --recipe=tutorial --minutes=20 --classifier=CLS --output=/tmp/ttq/tutorial.jsonl
-    python benchmarks/time_to_quality.py --recipe=default  --minutes=20 --classifier=CLS --output=/tmp/ttq/default.jsonl
-    python benchmarks/time_to_quality.py --compare=/tmp/ttq/tutorial.jsonl,/tmp/ttq/default.jsonl
+    python benchmarks/time_to_quality.py --recipe=tutorial --minutes=20 --classifier=CLS --output=/tmp/tutorial.jsonl
+    python benchmarks/time_to_quality.py --compare=/tmp/tutorial.jsonl,/tmp/default.jsonl
 
-`default` trains `--config` as `tools/train.py` would (its "auto" precision included); `tutorial` the
-same config with the tutorial's recipe. Snapshots of the sampling weights every `--snapshot_minutes`,
-off the clock, are scored afterwards by `tfdiffusion.evaluation`'s protocol (see README.md).
+`default` trains `--config` by `tfdiffusion.training.train` (as `tools/train.py` does, checkpointing only
+at the end), `tutorial` with the tutorial's recipe, until --minutes or config.train.steps; snapshots of
+the sampling weights, off the clock, are scored afterwards (see README.md, "Time to quality").
 """
 
-import json
 import os
-import time
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 import common  # noqa: E402
-from tfdiffusion import builders, checkpoints, data, evaluation, plots, precision  # noqa: E402
+from tfdiffusion import checkpoints, evaluation, machine, plots, results, training  # noqa: E402
 
 RECIPES = ("default", "tutorial")
 TUTORIAL = {"optimizer": {"learning_rate": 1e-4, "schedule": "constant", "warmup_steps": 0, "clipnorm": None,
@@ -45,80 +42,48 @@ common.define_markdown_flag()
 flags.adopt_module_key_flags(common)  # --help lists the shared flags too
 
 
-class WallClockSnapshots(keras.callbacks.Callback):
-    """Copies the sampling weights every `every_s` seconds of training (off the clock); stops at `budget_s`."""
-
-    def __init__(self, budget_s, every_s):
-        super().__init__()
-        self.budget_s, self.every_s = budget_s, every_s
-        self.snapshots = []  # (training seconds, step, weights)
-
-    def on_train_begin(self, logs=None):
-        self.start, self.paused, self.next_mark = time.perf_counter(), 0.0, self.every_s
-
-    def on_train_batch_end(self, batch, logs=None):
-        elapsed = time.perf_counter() - self.start - self.paused
-        if elapsed < self.next_mark and elapsed < self.budget_s:
-            return
-        pause = time.perf_counter()
-        with self.model.ema_weights():
-            weights = self.model.get_weights()
-        step = int(self.model.optimizer.iterations.numpy())
-        self.snapshots.append((min(elapsed, self.budget_s), step, weights))
-        common.emit_json({"event": "snapshot", "minutes": elapsed / 60, "step": step, "loss": float(logs["loss"])})
-        self.next_mark += self.every_s
-        self.paused += time.perf_counter() - pause
-        self.model.stop_training = elapsed >= self.budget_s
-
-
-def train_for(config):
-    """(model, snapshots) of `config` trained for --minutes, as `training.train` would set it up."""
-    x, _ = builders.load_training_data(config.data, config.seed)
-    keras.utils.set_random_seed(config.seed)
-    keras.mixed_precision.set_global_policy(precision.resolve_precision(config.train.mixed_precision)[0])
-    # The schedule's length only matters for a cosine schedule; config.train.steps bounds the steps.
-    model = builders.build_compiled_model(config, x.shape[1:],
-                                          jit_compile=builders.resolve_jit_compile(config.train.jit_compile),
-                                          steps_per_execution=config.train.steps_per_execution)
-    snapshots = WallClockSnapshots(_MINUTES.value * 60, _SNAPSHOT_MINUTES.value * 60)
-    model.fit(data.step_indexed_batches(x, None, config.data.batch_size, seed=config.seed), steps_per_epoch=10**7,
-              epochs=1, callbacks=[snapshots], verbose=0)
-    return model, snapshots.snapshots
-
-
 def run_recipe():
     config = _CONFIG.value.copy_and_resolve_references()
-    if _RECIPE.value == "tutorial":
-        for section, values in TUTORIAL.items():
-            config[section].update(values)
+    for section, values in TUTORIAL.items() if _RECIPE.value == "tutorial" else ():
+        config[section].update(values)
+    # One checkpoint, after the budget: the curve times training alone, as the snapshots do.
+    config.train.update({"checkpoint_every": config.train.steps, "verbose": False})
     extractor, reference = evaluation.image_reference(_CLASSIFIER.value, "mnist")
-    with common.Timer() as timer:
-        model, snapshots = train_for(config)
-    policy, reason = precision.resolve_precision(config.train.mixed_precision)
+    snapshots = []  # (training seconds, step, sampling weights), copied off the clock
+
+    def snapshot(seconds, model, logs):
+        with model.ema_weights():
+            snapshots.append((seconds, int(model.optimizer.iterations.numpy()), model.get_weights()))
+        common.emit_json({"event": "snapshot", "minutes": seconds / 60, "step": snapshots[-1][1],
+                          "loss": float(logs.get("loss", float("nan")))})
+
+    clock = machine.training_clock(_MINUTES.value * 60, _SNAPSHOT_MINUTES.value * 60, snapshot)
+    with tempfile.TemporaryDirectory(prefix="time_to_quality_") as workdir, common.Timer() as timer:
+        summary = training.train(config, workdir, callbacks=[clock])
+    model = clock.model
     header = {"event": "training", "recipe": _RECIPE.value, "config": config.to_dict(), **timer.record(),
-              "precision": policy, "precision_reason": reason, "steps": snapshots[-1][1] if snapshots else 0,
-              "machine": common.machine_info(), "command": common.command_line()}
+              "precision": summary["mixed_precision"], "precision_reason": summary["mixed_precision_reason"],
+              "steps": snapshots[-1][1] if snapshots else 0, "machine": common.machine_info(),
+              "command": common.command_line()}
+    records = [header]
     common.emit_json(header)
-    points = []
     for seconds, step, weights in snapshots:
         model.set_weights(weights)
-        _, quality = common.sample_quality(model, extractor, reference, sampler="dpmpp_2m", num_steps=20,
-                                           num_samples=_NUM_SAMPLES.value, batch_size=_BATCH_SIZE.value,
-                                           seed=_SEED.value)
-        points.append({"event": "point", "recipe": _RECIPE.value, "num_samples": _NUM_SAMPLES.value,
-                       "minutes": seconds / 60, "step": step, **quality})
-        common.emit_json(points[-1])
+        quality = evaluation.sample_quality(model, extractor, reference, sampler="dpmpp_2m", num_steps=20,
+                                            num_samples=_NUM_SAMPLES.value, batch_size=_BATCH_SIZE.value,
+                                            seed=_SEED.value)
+        records.append({"event": "point", "recipe": _RECIPE.value, "num_samples": _NUM_SAMPLES.value,
+                        "minutes": seconds / 60, "step": step, **quality})
+        common.emit_json(records[-1])
     if _OUTPUT.value:  # written aside and renamed, so a failed run never replaces an earlier good curve
-        checkpoints.atomic_write_text(_OUTPUT.value, "".join(common.json_line(r) + "\n" for r in [header] + points))
+        checkpoints.atomic_write_text(_OUTPUT.value, "".join(common.json_line(r) + "\n" for r in records))
 
 
 def compare():
     curves = {}
     for path in _COMPARE.value:
-        with open(path, encoding="utf-8") as f:
-            records = [json.loads(line) for line in f if line.strip()]
-        header = next(r for r in records if r["event"] == "training")
-        curves[header["recipe"]] = (header, [r for r in records if r["event"] == "point"])
+        header = results.read_records(path, "training")[0]
+        curves[header["recipe"]] = (header, results.read_records(path, "point"))
     if _FIGURE.value:
         plots.save_loss_curve({recipe: ([p["minutes"] for p in points], [p["fid"] for p in points])
                                for recipe, (_, points) in curves.items()},

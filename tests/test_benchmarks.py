@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
@@ -128,14 +129,19 @@ def test_sampler_quality_smoke(tmp_path):
                          f"--classifier={setup.stdout.split()[-1]}", f"--idx_dir={tmp_path / 'idx'}",
                          "--samplers=ddim,heun", "--spacings=uniform", "--nfe=3", "--reference=ddpm:4",
                          "--num_samples=8", "--batch_size=8", "--edit_sampler=ddpm:2:uniform", "--num_images=4",
-                         "--strengths=0,1", f"--report={report}"])
+                         "--strengths=0,1", f"--report={report}", f"--figure_dir={tmp_path / 'figures'}"])
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json_lines(result.stdout)
     fid = {row["sampler"]: row for row in rows if "fid" in row}
     assert {s: (r["num_steps"], r["nfe"]) for s, r in fid.items()} == {"ddpm": (4, 4), "ddim": (3, 3), "heun": (2, 3)}
     img2img = {row["strength"]: row for row in rows if row.get("mode") == "img2img"}
     assert img2img[0.0]["mean_abs_change"] < 1e-6 < img2img[1.0]["mean_abs_change"], img2img  # strength 0 keeps the image
-    assert "### Inpainting" in report.read_text() and all(np.isfinite(r["fid"]) for r in fid.values())
+    assert "## Inpainting: `" in report.read_text() and all(np.isfinite(r["fid"]) for r in fid.values())
+    for name, panels in (("fid_vs_nfe.png", None), ("inpainting.png", (3, 4)), ("img2img.png", (4, 2))):
+        pixels = np.asarray(Image.open(tmp_path / "figures" / name).convert("L"), np.float32)
+        assert pixels.std() > 1.0, name  # a drawn picture, not a blank canvas
+        if panels:  # rows × columns of 28-pixel digits (plus the title)
+            assert pixels.shape[0] >= 28 * panels[0] and pixels.shape[1] >= 28 * panels[1], (name, pixels.shape)
 
 
 def _summary(benchmark, **fields):

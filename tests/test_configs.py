@@ -11,7 +11,6 @@ from tfdiffusion import builders, training
 from tfdiffusion import config as config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CONFIG_NAMES = sorted(path.stem for path in (ROOT / "configs").glob("*.py") if not path.stem.startswith("_"))
 # The shape of one example of each dataset a config can name.
 DATA_SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3), "digits": (8, 8, 1),
                "moons": (2,), "gmm1d": (1,)}
@@ -21,6 +20,11 @@ def load_config(name, variant=None):
     namespace = {}
     exec(compile((ROOT / "configs" / f"{name}.py").read_text(), name, "exec"), namespace)
     return namespace["get_config"](variant)
+
+
+# Training configs only: a distillation config (its `distill` section) is tested in test_distillation.
+CONFIG_NAMES = sorted(path.stem for path in (ROOT / "configs").glob("*.py")
+                      if not path.stem.startswith("_") and "distill" not in load_config(path.stem))
 
 
 def data_shape(config):
@@ -74,10 +78,12 @@ def test_unknown_variant_is_refused(name):
         load_config(name, "huge")
 
 
-# About 20 s each for cifar10 and fashion_mnist on the shared 2-core machine, 3 s for mnist_dit;
-# mnist_cfg repeats cifar10's class-conditional path, so it runs only with the slow tests.
+# About 20–40 s each for cifar10 and fashion_mnist on a 2-core machine, 3 s for mnist_dit. mnist_cfg
+# repeats cifar10's class-conditional path and fashion_mnist mnist's 28×28×1 TFDS path (test_data), so
+# those two run only with the slow tests.
 @pytest.mark.parametrize(
-    "name", ["cifar10", "fashion_mnist", "mnist_dit", pytest.param("mnist_cfg", marks=pytest.mark.slow)]
+    "name", ["cifar10", pytest.param("fashion_mnist", marks=pytest.mark.slow), "mnist_dit",
+             pytest.param("mnist_cfg", marks=pytest.mark.slow)]
 )
 def test_tiny_image_config_trains_end_to_end_on_mock_data(tmp_path, name):
     import tensorflow_datasets as tfds

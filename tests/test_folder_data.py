@@ -2,42 +2,20 @@
 
 import json
 import os
-import pathlib
-import random
-import signal
 import subprocess
-import sys
-import time
 
-import h5py
 import numpy as np
 import pytest
 from image_folders import write_image_folder
+from training_runs import ROOT, TRAIN, checkpoint_arrays, load_config, sigkill_then_resume
 
-from tfdiffusion import builders, checkpoints, training
+from tfdiffusion import builders, training
 from tfdiffusion import config as config_lib
 from tfdiffusion import data as data_lib
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-TRAIN = [sys.executable, str(ROOT / "tools" / "train.py")]
-CONFIG_NAMES = sorted(path.stem for path in (ROOT / "configs").glob("*.py") if not path.stem.startswith("_"))
-
-
-def load_config(name, variant="tiny", **overrides):
-    namespace = {}
-    exec(compile((ROOT / "configs" / f"{name}.py").read_text(), name, "exec"), namespace)
-    config = namespace["get_config"](variant)
-    for dotted, value in overrides.items():
-        section, key = dotted.split(".")
-        config[section][key] = value
-    return config
-
-
-def checkpoint_arrays(path):
-    arrays = {}
-    with h5py.File(path) as f:
-        f.visititems(lambda name, obj: arrays.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
-    return arrays
+# Training configs only: a distillation config (its `distill` section) is tested in test_distillation.
+CONFIG_NAMES = sorted(path.stem for path in (ROOT / "configs").glob("*.py")
+                      if not path.stem.startswith("_") and "distill" not in load_config(path.stem))
 
 
 @pytest.fixture(scope="module")
@@ -164,12 +142,6 @@ def test_tiny_binary_runs_offline_with_empty_data_directories(tmp_path):
 
 
 # -- kill and resume on a folder --------------------------------------------------------------------------
-def _newest_checkpoint(workdir):
-    directory = workdir / "checkpoints"
-    steps = checkpoints.CheckpointManager(str(directory), None).steps() if directory.exists() else []
-    return steps[-1] if steps else 0
-
-
 @pytest.mark.slow
 def test_sigkill_three_times_on_a_folder_then_resume_equals_an_uninterrupted_run(flower_folder, tmp_path):
     flags = ["--config=configs/mnist.py:tiny", "--config.data.source=folder", f"--config.data.path={flower_folder}",
@@ -177,27 +149,4 @@ def test_sigkill_three_times_on_a_folder_then_resume_equals_an_uninterrupted_run
              "--config.data.random_flip=True", "--config.train.steps=120", "--config.train.checkpoint_every=2",
              "--config.optimizer.schedule=constant", "--config.optimizer.warmup_steps=0",
              "--config.optimizer.use_ema=True", "--config.train.deterministic=True", "--config.train.verbose=False"]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    assert subprocess.run(TRAIN + flags + [f"--workdir={straight}"], cwd=ROOT, env=env, capture_output=True,
-                          timeout=900).returncode == 0
-    rng = random.Random(0)
-    kills = []
-    while len(kills) < 3:
-        process = subprocess.Popen(TRAIN + flags + [f"--workdir={interrupted}"], cwd=ROOT, env=env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        target = _newest_checkpoint(interrupted) + 2 * rng.randint(3, 12)
-        while process.poll() is None and _newest_checkpoint(interrupted) < target:
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0.0, 0.05))  # anywhere in a step or a checkpoint write
-        assert process.poll() is None, "the run ended before it could be killed; lengthen it"
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        kills.append(_newest_checkpoint(interrupted))
-    assert kills == sorted(kills) and kills[-1] < 120
-    assert subprocess.run(TRAIN + flags + [f"--workdir={interrupted}"], cwd=ROOT, env=env, capture_output=True,
-                          timeout=900).returncode == 0
-    a = checkpoint_arrays(straight / "checkpoints" / "ckpt-000000120.weights.h5")
-    b = checkpoint_arrays(interrupted / "checkpoints" / "ckpt-000000120.weights.h5")
-    for name in a:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    sigkill_then_resume(flags, tmp_path, steps=120, checkpoint_every=2, kills=3, checkpoints_between=(3, 12))

@@ -23,12 +23,13 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FLOORS = {
-    "schedules": 0, "layers": 0, "data": 0, "config": 0, "optimizers": 0, "precision": 0,
+    "schedules": 0, "layers": 0, "data": 0, "config": 0, "optimizers": 0, "precision": 0, "machine": 0,
+    "results": 0,
     "diffusion": 1,
     "samplers": 2, "analytic": 2, "metrics": 2, "plots": 2,
     "model": 3,
     "builders": 4, "checkpoints": 4, "callbacks": 4, "features": 4, "evaluation": 4, "export": 4, "training": 4, "reports": 4,
-    "cli": 4,
+    "distillation": 4, "cli": 4,
 }
 TOP_FLOOR = 5
 SCRIPT_DIRS = ("tools", "benchmarks", "examples", "configs")

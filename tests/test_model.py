@@ -75,6 +75,21 @@ def test_jit_compiled_train_step_on_mnist_shaped_data():
     assert any(not np.array_equal(a, w.numpy()) for a, w in zip(before, model.trainable_weights))
 
 
+@pytest.mark.parametrize("as_dataset", [False, True])
+def test_fit_refuses_a_first_batch_outside_the_model_space(as_dataset):
+    model = built_model()
+    model.compile(optimizer=keras.optimizers.Adam(1e-4))
+    pixels = np.random.default_rng(0).uniform(0, 255, (8, 8, 8, 1)).astype(np.float32)  # left unscaled
+    x = tf.data.Dataset.from_tensor_slices(pixels).batch(4) if as_dataset else pixels
+    before = [w.numpy() for w in model.trainable_weights]
+    with pytest.raises(ValueError, match=r"outside the model space \[-1, 1\].*Received: min=0\.\d+, max=25\d\.\d+$"):
+        model.fit(x, batch_size=None if as_dataset else 4, epochs=1, verbose=0)
+    assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, model.trainable_weights))
+    scaled = pixels / 127.5 - 1.0
+    model.fit(tf.data.Dataset.from_tensor_slices(scaled).batch(4) if as_dataset else scaled,
+              batch_size=None if as_dataset else 4, epochs=1, verbose=0)
+
+
 def test_nonfinite_batch_does_not_reach_the_weights_and_is_counted():
     model = built_model()
     model.compile(optimizer=keras.optimizers.Adam(1e-3))

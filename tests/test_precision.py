@@ -60,3 +60,55 @@ def test_this_machine_gets_a_decision_with_a_reason(monkeypatch):
     assert policy in ("float32", "mixed_bfloat16") and len(reason) > len("auto: ")
     if not precision._accelerators():  # a CPU host: bfloat16 exactly when it has AMX
         assert (policy == "mixed_bfloat16") == ("amx_bf16" in precision.cpu_flags())
+
+
+def _pretend(monkeypatch, cpu_flags):
+    """This host as a CPU with `cpu_flags` and no accelerator."""
+    monkeypatch.delenv("TFDIFFUSION_PRECISION", raising=False)
+    monkeypatch.setattr(precision, "cpu_flags", lambda *args: frozenset(cpu_flags))
+    monkeypatch.setattr(precision, "_accelerators", lambda: [])
+
+
+def _tiny_image_model():
+    import tensorflow as tf
+
+    import tfdiffusion as tfd
+
+    network = tfd.layers.SeedUNet(channels=(8, 16), initial_channels=8, time_embedding_dim=16, time_mlp_width=32)
+    model = tfd.DiffusionModel(network, tfd.GaussianDiffusion(tfd.schedules.make_betas("cosine", 20)))
+    model(tf.zeros((1, 8, 8, 1)))
+    return model
+
+
+def test_auto_samples_in_bfloat16_on_amx_and_in_float32_without(monkeypatch):
+    import numpy as np
+
+    model = _tiny_image_model()
+    _pretend(monkeypatch, COOPER_LAKE)
+    same, policy, reason = model.inference_model("auto")
+    assert same is model and policy == "float32" and "no AMX" in reason
+    _pretend(monkeypatch, SAPPHIRE_RAPIDS)
+    copy, policy, reason = model.inference_model("auto")
+    assert copy is not model and policy == "mixed_bfloat16" and "AMX" in reason
+    assert copy.network.dtype_policy.name == "mixed_bfloat16"
+    assert copy.inference_model("auto")[0] is copy  # already bfloat16: no second copy
+    fp32 = model.generate(4, seed=3, sampler="ddim", num_steps=5)
+    bf16 = copy.generate(4, seed=3, sampler="ddim", num_steps=5)
+    assert bf16.dtype == np.float32 and not np.array_equal(fp32, bf16)
+    other_seed = model.generate(4, seed=4, sampler="ddim", num_steps=5)
+    # bfloat16 keeps 8 bits of mantissa in the network; the coefficient arithmetic stays float32.
+    assert np.abs(fp32 - bf16).mean() < 0.02 * np.abs(fp32 - other_seed).mean()
+    # An explicit float32 request turns a bfloat16 model back.
+    back, policy, _ = copy.inference_model("float32")
+    assert policy == "float32" and np.array_equal(back.generate(4, seed=3, sampler="ddim", num_steps=5), fp32)
+
+
+def test_evaluation_records_the_sampling_precision(monkeypatch, tmp_path):
+    from tfdiffusion import evaluation
+
+    model = _tiny_image_model()
+    _pretend(monkeypatch, SAPPHIRE_RAPIDS)
+    sampler = evaluation.ModelSampler(model, sampler="ddim", num_steps=3, mixed_precision="auto")
+    assert sampler.precision["policy"] == "mixed_bfloat16" and "AMX" in sampler.precision["reason"]
+    assert sampler.model.network.dtype_policy.name == "mixed_bfloat16"
+    assert evaluation.ModelSampler(model, num_steps=3).precision is None  # as it is

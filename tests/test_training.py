@@ -1,43 +1,14 @@
 """The training library and the `tools/train.py` binary: runs, resume, checkpoints, bad input."""
 
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
-import h5py
 import keras
 import numpy as np
 import pytest
+from training_runs import checkpoint_arrays, load_config, run_binary, sigkill_then_resume
 
 from tfdiffusion import builders, checkpoints, training
 from tfdiffusion import config as config_lib
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-TRAIN = [sys.executable, str(ROOT / "tools" / "train.py")]
-
-
-def load_config(name, variant="tiny", **overrides):
-    namespace = {}
-    exec(compile((ROOT / "configs" / f"{name}.py").read_text(), name, "exec"), namespace)
-    config = namespace["get_config"](variant)
-    for dotted, value in overrides.items():
-        section, key = dotted.split(".")
-        config[section][key] = value
-    return config
-
-
-def run_binary(*args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run(TRAIN + list(args), capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
-
-
-def checkpoint_arrays(path):
-    arrays = {}
-    with h5py.File(path) as f:
-        f.visititems(lambda name, obj: arrays.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
-    return arrays
 
 
 def test_moons_binary_end_to_end(tmp_path):
@@ -121,6 +92,24 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
+
+def test_extra_callbacks_run_in_the_fit_loop_and_can_stop_it(tmp_path):
+    class StopAfter(keras.callbacks.Callback):
+        def __init__(self, steps):
+            super().__init__()
+            self.steps, self.seen = steps, []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.seen.append(int(self.model.optimizer.iterations.numpy()))
+            self.model.stop_training = self.seen[-1] >= self.steps
+
+    stop = StopAfter(3)
+    summary = training.train(load_config("moons", **{"train.steps": 20, "train.checkpoint_every": 10}),
+                             str(tmp_path / "run"), callbacks=[stop])
+    # The callback saw every step and its stop ended the run early; the outputs are still written.
+    assert stop.seen == [1, 2, 3] and summary["steps"] == 3
+    assert (tmp_path / "run" / "model.keras").exists()
+
 def test_changed_config_is_refused_unless_allowed(tmp_path):
     training.train(load_config("moons"), str(tmp_path))
     with pytest.raises(config_lib.ConfigError, match="config.seed: saved 0, requested 1"):
@@ -190,47 +179,18 @@ def test_resolve_jit_compile():
     assert builders.resolve_jit_compile("auto") is accelerated
 
 
-def _newest_checkpoint(workdir):
-    directory = workdir / "checkpoints"
-    steps = checkpoints.CheckpointManager(str(directory), None).steps() if directory.exists() else []
-    return steps[-1] if steps else 0
-
-
 @pytest.mark.slow
 def test_sigkill_five_times_then_resume_equals_an_uninterrupted_run(tmp_path):
-    import random
-    import signal
-    import time
-
     flags = [
         "--config=configs/moons.py:tiny", "--config.train.steps=600", "--config.train.checkpoint_every=10",
         "--config.train.log_every=10", "--config.optimizer.use_ema=True", "--config.optimizer.ema_momentum=0.9",
         "--config.optimizer.schedule=constant", "--config.train.deterministic=True", "--config.train.verbose=False",
         "--config.sample.num_samples=8",
     ]
-    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    assert run_binary(*flags, f"--workdir={straight}").returncode == 0
-    rng = random.Random(0)
-    kills = []
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    while len(kills) < 5:
-        process = subprocess.Popen(TRAIN + flags + [f"--workdir={interrupted}"], cwd=ROOT, env=env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        target = _newest_checkpoint(interrupted) + 10 * rng.randint(1, 8)
-        while process.poll() is None and _newest_checkpoint(interrupted) < target:
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0.0, 0.05))  # anywhere in a step or a checkpoint write
-        assert process.poll() is None, "the run ended before it could be killed; lengthen it"
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        kills.append(_newest_checkpoint(interrupted))
-    assert kills == sorted(kills) and kills[-1] < 600
-    assert run_binary(*flags, f"--workdir={interrupted}").returncode == 0
-    a = checkpoint_arrays(straight / "checkpoints" / "ckpt-000000600.weights.h5")
-    b = checkpoint_arrays(interrupted / "checkpoints" / "ckpt-000000600.weights.h5")
-    assert any(name.startswith("optimizer") for name in a)  # Adam moments and the EMA weights
-    for name in a:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    straight, interrupted = sigkill_then_resume(flags, tmp_path, steps=600, checkpoint_every=10, kills=5,
+                                                checkpoints_between=(1, 8))
+    final = checkpoint_arrays(straight / "checkpoints" / "ckpt-000000600.weights.h5")
+    assert any(name.startswith("optimizer") for name in final)  # Adam moments and the EMA weights were compared too
     ema_a = keras.saving.load_model(straight / "model.keras").get_weights()
     ema_b = keras.saving.load_model(interrupted / "model.keras").get_weights()
     for x, y in zip(ema_a, ema_b):

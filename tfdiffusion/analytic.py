@@ -303,9 +303,11 @@ class SamplerRun:
     Example:
       >>> run = SamplerRun(TOYS["gaussian"], diffusion, "dpmpp_2m", "logsnr", x_T=x_T)
       >>> x, nfe, num_steps = run.within(10)
+      >>> error, nfe, num_steps = run.error_within(10)
     """
 
     def __init__(self, data, diffusion, sampler, spacing, eta=0.0, *, x_T=None, num_samples=None):
+        self.data, self.diffusion, self.x_T, self._exact = data, diffusion, x_T, None
         self.counted = CountingDenoiser(data.denoise_fn(diffusion))
         shape = (num_samples, 1) if x_T is None else x_T.shape
         x_T = None if x_T is None else tf.constant(x_T)
@@ -335,3 +337,17 @@ class SamplerRun:
             if more_nfe > budget:
                 return x, nfe, num_steps
             x, nfe, num_steps = more, more_nfe, num_steps + 1
+
+    def error(self, x):
+        """The error of samples `x` of this run: with a fixed x_T, mean |x − x_exact| against the float64
+        probability-flow ODE solution from it (`ode_solution`); with drawn x_T, W1 to the data."""
+        if self.x_T is None:
+            return self.data.wasserstein1(x)
+        if self._exact is None:
+            self._exact = self.data.ode_solution(self.x_T.astype(np.float64), self.diffusion.alphas_cumprod[-1])
+        return float(np.abs(x - self._exact).mean())
+
+    def error_within(self, budget, seed=0):
+        """(`error`, NFE, num_steps) of `within(budget, seed)`; None if one step exceeds the budget."""
+        found = self.within(budget, seed)
+        return None if found is None else (self.error(found[0]),) + found[1:]

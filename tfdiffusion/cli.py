@@ -295,6 +295,22 @@ def _fail(message):
     os._exit(1)
 
 
+def run_job(job, *args):
+    """The exit status of a training-like job: 0, or 3 with one line when its loss became NaN/Inf.
+
+    The job keeps its last good checkpoint; TensorFlow is imported here, after the command line was checked.
+    """
+    from tfdiffusion import training
+
+    try:
+        job(*args)
+    except training.NonFiniteLossError as error:
+        logging.getLogger("absl").error("%s", error)
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    return 0
+
+
 def run(main, *, output_dirs=(), precheck=None):
     """Runs an absl `main(argv)` as a binary: one-line usage errors (exit 1), `--verbose`, quiet start-up.
 

@@ -12,6 +12,7 @@ registries of `builders`, `schedules`, `samplers` and `data`.
 """
 
 import json
+import os
 
 import ml_collections
 import numpy as np
@@ -283,3 +284,80 @@ def check_same_run(saved, requested, workdir):
             f"The workdir {workdir} holds a run with a different config ({described}). Use a new --workdir, "
             "or pass --config.train.allow_config_change=True to resume with the new values."
         )
+
+
+# -- distillation ----------------------------------------------------------------------------------
+PREDICTION_TYPES = ("epsilon", "x0", "v")  # as `diffusion.PREDICTION_TYPES`, which needs TensorFlow
+
+
+def base_distill_config():
+    """Every key of a progressive-distillation config (`tfdiffusion.distillation.distill`, tools/distill.py).
+
+    `distill` → the rounds (the teacher's workdir, the step counts, the student's prediction type),
+    `data` and `optimizer` as in `base_config` (the optimizer is made anew for each round), `train` →
+    the loop of each round, `sample` → each round's samples.png.
+    """
+    config = base_config()
+    return ml_collections.ConfigDict({
+        "name": "distill",
+        "seed": 0,
+        "distill": {"teacher": "", "initial_steps": 256, "final_steps": 4, "steps_per_round": 1000,
+                    "prediction_type": "v"},
+        "data": config.data.to_dict(),
+        "optimizer": config.optimizer.to_dict(),
+        "train": {key: config.train[key] for key in ("checkpoint_every", "log_every", "keep_checkpoints", "jit_compile",
+                                                     "steps_per_execution", "deterministic", "allow_config_change",
+                                                     "verbose")},
+        "sample": {"num_samples": 16, "seed": 0},
+    })
+
+
+def distill_teacher_path(teacher):
+    """The teacher's model.keras: `teacher` (config.distill.teacher) is a training workdir holding one, or the file.
+
+    Raises:
+      FileNotFoundError: there is no such file.
+    """
+    path = teacher if teacher.endswith(".keras") else os.path.join(teacher, "model.keras")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config.distill.teacher must be a training workdir holding model.keras (or a .keras "
+                                f"file); {path} does not exist. Received: config.distill.teacher={teacher!r}")
+    return path
+
+
+def validate_distill_config(config):
+    """Checks a distillation config's values; raises ConfigError naming the first bad one.
+
+    initial_steps / final_steps must be a power of two ≥ 2 (each round halves the steps); that
+    initial_steps is at most the teacher's T is checked where the teacher is loaded.
+    """
+    distill = config.distill
+    _check_int(config, "seed", 0)
+    _require(lambda: isinstance(distill.teacher, str) and distill.teacher, "distill.teacher", distill.teacher,
+             "the teacher's workdir (holding model.keras)")
+    initial = _check_int(config, "distill.initial_steps", 2)
+    final = _check_int(config, "distill.final_steps", 1)
+    ratio = initial // final if initial % final == 0 else 0
+    _require(lambda: ratio >= 2 and ratio & (ratio - 1) == 0, "distill.final_steps", final,
+             f"config.distill.initial_steps={initial} halved one or more times")
+    steps = _check_int(config, "distill.steps_per_round", 1)
+    _check_one_of(config, "distill.prediction_type", PREDICTION_TYPES)
+    _validate_data(config)
+    _validate_optimizer(config)
+    _require(lambda: config.optimizer.warmup_steps < steps, "optimizer.warmup_steps", config.optimizer.warmup_steps,
+             f"smaller than config.distill.steps_per_round={steps}")
+    every = _check_int(config, "train.checkpoint_every", 1)
+    _require(lambda: steps % every == 0, "train.checkpoint_every", every,
+             f"a divisor of config.distill.steps_per_round={steps}")
+    _check_int(config, "train.log_every", 1)
+    _check_int(config, "train.keep_checkpoints", 1)
+    per_execution = _check_int(config, "train.steps_per_execution", 1)
+    _require(lambda: every % per_execution == 0, "train.steps_per_execution", per_execution,
+             "a divisor of config.train.checkpoint_every")
+    _require(lambda: any(config.train.jit_compile is v or config.train.jit_compile == v for v in JIT_SETTINGS) and
+             isinstance(config.train.jit_compile, (bool, str)), "train.jit_compile", config.train.jit_compile,
+             "'auto', True or False")
+    for key in ("deterministic", "allow_config_change", "verbose"):
+        _require(lambda: isinstance(config.train[key], bool), f"train.{key}", config.train[key], "True or False")
+    _check_int(config, "sample.num_samples", 1)
+    _check_int(config, "sample.seed", 0)

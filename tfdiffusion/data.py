@@ -1159,8 +1159,11 @@ def check_in_model_space(x, low=-1.0, high=1.0, *, what="The first training batc
     Images left in 0–255 (or standardised to mean 0, std 1) train without error but learn the
     wrong thing. Eagerly this raises a ValueError (and logs a warning for data in [0, 1], likely
     unscaled); inside a `tf.function` it returns a `tf.debugging.Assert` op with the same message.
+    Non-finite values are left to the training step's non-finite guard (`DiffusionModel.train_step`).
     """
-    minimum, maximum = tf.reduce_min(x), tf.reduce_max(x)
+    values = tf.reshape(x, [-1])
+    values = tf.boolean_mask(values, tf.math.is_finite(values))
+    minimum, maximum = tf.reduce_min(values), tf.reduce_max(values)  # ±inf (inside) when none is finite
     inside = tf.logical_and(minimum >= low - MODEL_SPACE_TOLERANCE, maximum <= high + MODEL_SPACE_TOLERANCE)
     message = (f"{what} lies outside the model space [{low:g}, {high:g}]: scale the data to it (x / 127.5 - 1 "
                "for uint8 pixels).")
@@ -1169,7 +1172,7 @@ def check_in_model_space(x, low=-1.0, high=1.0, *, what="The first training batc
     minimum, maximum = float(minimum), float(maximum)
     if not bool(inside):
         raise ValueError(f"{message} Received: min={minimum:.6g}, max={maximum:.6g}")
-    if minimum >= 0.0 and maximum <= 1.0 and low < 0.0:
+    if 0.0 <= minimum <= maximum <= 1.0 and low < 0.0:
         logging.warning("%s lies in [%g, %g]: data in [0, 1] is probably unscaled (the model space is [%g, %g]).",
                         what, minimum, maximum, low, high)
     return None

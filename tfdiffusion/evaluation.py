@@ -6,7 +6,7 @@
     report = evaluation.evaluate(model="runs/flowers", num_samples=10000, output="runs/flowers/eval.json")  # Inception
 
 `tools/evaluate.py` is this module's `evaluate` behind flags; `tools/train_classifier.py` is
-`train_classifier`; the quality benchmarks call `draw_samples`, `image_reference` and `image_report`.
+`train_classifier`; the quality benchmarks call `image_reference`, `sample_quality` and the editing reports.
 The maths (FID, KID, precision/recall, the classifier extras, energy distance, KS) is
 `tfdiffusion.metrics`; the feature extractors and the reference statistics are `tfdiffusion.features`.
 
@@ -149,6 +149,8 @@ class ModelSampler:
       spacing: the timestep spacing, one of `samplers.SPACINGS`.
       source: what the report names as the model (a path), or None.
       workdir: the model's workdir (its config.json names the dataset), or None.
+      mixed_precision: the compute precision of the network calls ("auto": bfloat16 where it pays,
+        `DiffusionModel.inference_model`), or None to sample with the model as it is.
 
     Call arguments:
       num_samples, seed, first_index: the batch's size, seed and the index of its first sample.
@@ -160,9 +162,14 @@ class ModelSampler:
     model_format = "keras"
 
     def __init__(self, model, *, sampler="ddim", num_steps=0, eta=0.0, guidance_scale=0.0, spacing="uniform",
-                 source=None, workdir=None):
+                 source=None, workdir=None, mixed_precision=None):
         if not isinstance(model, DiffusionModel) or model.data_shape is None:
             raise EvaluationError(f"model must be a built DiffusionModel. Received: model={model!r}")
+        self.precision = None
+        if mixed_precision is not None:
+            model, policy, reason = model.inference_model(mixed_precision)
+            self.precision = {"policy": policy, "reason": reason}
+            logging.info("Sampling computes in %s (mixed_precision=%r: %s)", policy, mixed_precision, reason)
         num_timesteps = model.diffusion.num_timesteps
         if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) \
                 or not 0 <= num_steps <= num_timesteps:
@@ -202,6 +209,7 @@ class SavedModelSampler:
     """
 
     model_format = "saved_model"
+    precision = None  # computes as it was exported
     workdir = None
 
     def __init__(self, path, *, sampler="ddim", num_steps=1, eta=0.0, guidance_scale=0.0, spacing="uniform",
@@ -245,7 +253,7 @@ def _assertion_text(message):
 
 
 def open_sampler(*, model=None, saved_model=None, checkpoint_step=None, sampler="ddim", num_steps=0, eta=0.0,
-                 guidance_scale=0.0, spacing="uniform", num_classes=10):
+                 guidance_scale=0.0, spacing="uniform", num_classes=10, mixed_precision="auto"):
     """A `ModelSampler` of a workdir, model.keras or checkpoint, or a `SavedModelSampler`.
 
     Args:
@@ -254,6 +262,8 @@ def open_sampler(*, model=None, saved_model=None, checkpoint_step=None, sampler=
       checkpoint_step: with a workdir, the checkpoint to restore (EMA weights).
       sampler, num_steps, eta, guidance_scale, spacing: the sampling request (num_steps 0 means T, models only).
       num_classes: classes of a conditional SavedModel.
+      mixed_precision: the network's compute precision for a model (`ModelSampler`); a SavedModel
+        computes as it was exported.
 
     Returns:
       The sampler adapter; its `source` names the model for the report.
@@ -267,8 +277,7 @@ def open_sampler(*, model=None, saved_model=None, checkpoint_step=None, sampler=
     path, workdir = _resolve_model_path(model, checkpoint_step)
     return ModelSampler(_load_resolved_model(path, checkpoint_step, use_ema=True), sampler=sampler,
                         num_steps=num_steps, eta=eta, guidance_scale=guidance_scale, spacing=spacing,
-                        source=os.path.abspath(path),
-                        workdir=workdir)
+                        source=os.path.abspath(path), workdir=workdir, mixed_precision=mixed_precision)
 
 
 def draw_samples(sample_fn, num_samples, *, batch_size=500, seed=0, verbose=False):
@@ -408,6 +417,69 @@ def image_report(samples, extractor, reference, *, kid_subsets=100, kid_subset_s
     return report
 
 
+
+def sample_quality(model, extractor, reference, *, num_samples, batch_size=500, seed=0, **request):
+    """{fid, kid_mean, confident_fraction, sampling_seconds} of `num_samples` samples of `model`.
+
+    Drawn by this module's protocol (`draw_samples` of a `ModelSampler(model, **request)`), scored
+    by `image_report`: the quality benchmarks' cell.
+    """
+    start = time.perf_counter()
+    samples = draw_samples(ModelSampler(model, **request), num_samples, batch_size=batch_size, seed=seed)
+    seconds = time.perf_counter() - start
+    report = image_report(samples, extractor, reference, seed=seed)
+    return {"fid": report["fid"], "kid_mean": report["kid_mean"], "confident_fraction": report["confident_fraction"],
+            "sampling_seconds": seconds}
+
+
+# -- editing: inpainting and image-to-image, read back by a classifier --------------------------
+def edit_images(model, count, request, *, batch_size=500, seed=0, **edit):
+    """`model.generate`'s edits of `count` images, drawn as `draw_samples` draws (chunk i: `batch_seed(seed, i)`).
+
+    Args:
+      model: a built `DiffusionModel`; a class-conditional one edits unconditionally (the null class).
+      request: `generate`'s sampler, num_steps, spacing.
+      edit: `generate`'s editing arguments: per-image arrays (init_images, mask) are cut into chunks
+        alongside the samples, scalars (strength) passed as they are; none for plain samples.
+    """
+    null = model.num_classes
+
+    def generate(chunk, chunk_seed, first):
+        edits = {k: v[first:first + chunk] if isinstance(v, np.ndarray) else v for k, v in edit.items()}
+        labels = None if null is None else np.full(chunk, null)
+        return model.generate(chunk, seed=chunk_seed, labels=labels, **request, **edits)
+
+    return draw_samples(generate, count, batch_size=batch_size, seed=seed)
+
+
+def reads_as(extractor, images, labels):
+    """The fraction of `images` a classifier `FeatureExtractor` reads as `labels`."""
+    return float(np.mean(np.argmax(extractor(images)[1], axis=1) == labels))
+
+
+def inpainting_report(model, extractor, images, labels, mask, request, *, batch_size=500, seed=0):
+    """(report, completions) of inpainting `images` where `mask` is 1 (kept), read back by the classifier.
+
+    The report gives the fraction read as the original's label of the completions, of plain samples
+    with the same seeds (the chance level), of the masked inputs and of the originals.
+    """
+    completions = edit_images(model, len(images), request, batch_size=batch_size, seed=seed, init_images=images,
+                              mask=mask)
+    plain = edit_images(model, len(images), request, batch_size=batch_size, seed=seed)
+    return {"num_images": len(images), "completion_reads_as_original": reads_as(extractor, completions, labels),
+            "plain_sample_reads_as_original": reads_as(extractor, plain, labels),
+            "uniform_chance": 1.0 / extractor.num_classes,
+            "masked_input_reads_as_original": reads_as(extractor, images * mask, labels),
+            "original_reads_as_original": reads_as(extractor, images, labels)}, completions
+
+
+def img2img_report(model, extractor, images, labels, strengths, request, *, batch_size=500, seed=0):
+    """(rows, outputs) of image-to-image at each strength: mean |change| and the fraction read as the original."""
+    outputs = [edit_images(model, len(images), request, batch_size=batch_size, seed=seed, init_images=images,
+                           strength=strength) for strength in strengths]
+    return [{"strength": strength, "num_images": len(images), "mean_abs_change": float(np.abs(out - images).mean()),
+             "reads_as_original": reads_as(extractor, out, labels)} for strength, out in zip(strengths, outputs)], outputs
+
 def toy_report(samples, dataset, reference_seed=12345):
     """Energy distance (and KS in 1-D) of toy samples against fresh draws of the toy dataset.
 
@@ -521,7 +593,7 @@ def prepare_image_evaluation(dataset, image_shape, *, features="auto", classifie
 def evaluate(*, model=None, saved_model=None, checkpoint_step=None, features="auto", classifier=None,
              inception_weights="imagenet", dataset="auto", data_path=None, idx_dir=None, data_dir=None,
              num_samples=10000, sampler="ddim", num_steps=0, eta=0.0, guidance_scale=0.0, spacing="uniform",
-             num_classes=10, seed=0,
+             num_classes=10, mixed_precision="auto", seed=0,
              batch_size=500, reference_split=None, reference_num_images=0, reference_cache_dir=None,
              reference_seed=12345, kid_subsets=100, kid_subset_size=1000, output=None, verbose=True):
     """Draws samples from a model and reports their quality (the module docstring's protocol).
@@ -535,6 +607,8 @@ def evaluate(*, model=None, saved_model=None, checkpoint_step=None, features="au
         workdir: its folder), the IDX and TFDS directories.
       num_samples, batch_size, seed: how many samples, per sampler call, and the run's seed.
       sampler, num_steps, eta, guidance_scale, spacing, num_classes: the sampling request.
+      mixed_precision: the network's compute precision while sampling ("auto": bfloat16 where it
+        pays); recorded in the report.
       reference_split, reference_num_images, reference_cache_dir: the image reference
         (`reference_settings`; all images when 0) and its cache (`prepare_image_evaluation`).
       reference_seed: seed of the toy reference.
@@ -554,7 +628,7 @@ def evaluate(*, model=None, saved_model=None, checkpoint_step=None, features="au
         kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, output=output)
     sample_fn = open_sampler(model=model, saved_model=saved_model, checkpoint_step=checkpoint_step, sampler=sampler,
                              num_steps=num_steps, eta=eta, guidance_scale=guidance_scale, spacing=spacing,
-                             num_classes=num_classes)
+                             num_classes=num_classes, mixed_precision=mixed_precision)
     training = _training_data_section(sample_fn.workdir)
     dataset = _infer_dataset(dataset, training, sample_fn.data_shape, data_path)
     image = None
@@ -586,7 +660,8 @@ def _draw_and_record(sample_fn, dataset, num_samples, *, batch_size, seed, eta, 
     return samples, {"dataset": dataset, "model": sample_fn.source, "model_format": sample_fn.model_format,
                      "num_samples": num_samples, "sampler": sample_fn.sampler, "num_steps": int(sample_fn.num_steps),
                      "spacing": sample_fn.spacing, "eta": eta, "guidance_scale": guidance_scale, "seed": seed, "batch_size": batch_size,
-                     "sampling_seconds": time.time() - start}
+                     "sampling_seconds": time.time() - start,
+                     "compute_precision": sample_fn.precision}
 
 
 def _finish_report(report, samples, output, toy_reference, start):

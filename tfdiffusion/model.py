@@ -6,10 +6,32 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfdiffusion import data as data_lib
+from tfdiffusion import precision
 from tfdiffusion import samplers
 from tfdiffusion.diffusion import PREDICTION_TYPES, GaussianDiffusion
 
 LOSS_WEIGHTINGS = ("none", "min_snr")
+
+
+def distilled_timesteps(num_timesteps, num_steps):
+    """int64 [N + 1]: the grid of an N-step distilled sampler, g_k = ⌊kT/N + ½⌋ − 1 for k = 0..N.
+
+    g_0 = −1 is the data (ᾱ_{−1} = 1) and g_N = T − 1; the sampler evaluates the network at
+    g_N, …, g_1 and steps to the next lower point (the "trailing" spacing, N uniform steps of the
+    discrete chain). Grids nest, g_k(N) = g_{2k}(2N), so the 2N-step teacher of progressive
+    distillation passes through every point of its N-step student's grid with one point between
+    each two (Salimans & Ho 2022, Algorithm 2: t' = t − ½/N, t'' = t − 1/N). Distinct for N ≤ T;
+    rounding half up in integers, so that ties do not round two points onto one.
+    """
+    k = np.arange(num_steps + 1, dtype=np.int64)
+    return (2 * num_timesteps * k + num_steps) // (2 * num_steps) - 1
+
+
+def _respaced_diffusion(diffusion, timesteps):
+    """The process whose timestep j is `timesteps[j]` of `diffusion` (its ᾱ', ᾱ'_{−1} = 1, made into β')."""
+    alpha_bar = diffusion.alphas_cumprod[timesteps]
+    return GaussianDiffusion(1.0 - alpha_bar / np.append(1.0, alpha_bar[:-1]))
 
 
 def _replica_id():
@@ -45,6 +67,10 @@ class DiffusionModel(keras.Model):
       data_range: (low, high) of the data that [−1, 1] stands for; `generate` clips to
         [−1, 1] and maps there. None returns the model space unchanged (toys).
       noise_seed: seed of the training draws.
+      distilled_steps: None, or N for a student of progressive distillation
+        (`tfdiffusion.distillation`): it samples in exactly N steps on `distilled_timesteps(T, N)`,
+        with DDIM (η = 0) by default, and `generate` refuses another `num_steps`. The samplers run on
+        `sampling_diffusion`: `diffusion` itself, or its N grid timesteps as a process of N steps.
 
     Call arguments:
       x_t: float tensor [N, ...] of noisy data.
@@ -76,6 +102,7 @@ class DiffusionModel(keras.Model):
         label_dropout=0.0,
         data_range=(0.0, 1.0),
         noise_seed=0,
+        distilled_steps=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -99,6 +126,14 @@ class DiffusionModel(keras.Model):
         self.label_dropout = label_dropout
         self.data_range = None if data_range is None else tuple(float(v) for v in data_range)
         self.noise_seed = noise_seed
+        if distilled_steps is not None and (isinstance(distilled_steps, bool) or not isinstance(
+                distilled_steps, (int, np.integer)) or not 1 <= distilled_steps <= diffusion.num_timesteps):
+            raise ValueError(f"distilled_steps must be None or an integer in [1, {diffusion.num_timesteps}]. "
+                             f"Received: distilled_steps={distilled_steps!r}")
+        self.distilled_steps = None if distilled_steps is None else int(distilled_steps)
+        # A distilled model samples on its grid: the process respaced there, whose every step is one of the grid.
+        self.sampling_diffusion = diffusion if distilled_steps is None else _respaced_diffusion(
+            diffusion, distilled_timesteps(diffusion.num_timesteps, self.distilled_steps)[1:])
         self.num_classes = getattr(network, "num_classes", None)
         self.data_shape = None
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -142,6 +177,7 @@ class DiffusionModel(keras.Model):
                 "label_dropout": self.label_dropout,
                 "data_range": None if self.data_range is None else list(self.data_range),
                 "noise_seed": self.noise_seed,
+                "distilled_steps": self.distilled_steps,
             }
         )
         return config
@@ -151,6 +187,22 @@ class DiffusionModel(keras.Model):
         config = dict(config)
         config["network"] = keras.saving.deserialize_keras_object(config["network"])
         return cls(**config)
+
+    def inference_model(self, mixed_precision="auto"):
+        """(model, policy, reason): this model, or a copy computing where it pays (`with_dtype_policy`).
+
+        Args:
+          mixed_precision: "auto" (bfloat16 on an AMX CPU, an Ampere-or-newer GPU or a TPU, else
+            float32; see `tfdiffusion.precision`) or an explicit Keras policy name.
+
+        Returns:
+          The model to sample with (self when it already computes under the chosen policy), the
+          policy name and the reason for it.
+        """
+        policy, reason = precision.resolve_precision(mixed_precision)
+        if policy == self.network.dtype_policy.name:
+            return self, policy, reason
+        return self.with_dtype_policy(policy), policy, reason
 
     def with_dtype_policy(self, dtype_policy):
         """A copy for inference whose network computes under `dtype_policy` (e.g. "mixed_bfloat16").
@@ -252,10 +304,25 @@ class DiffusionModel(keras.Model):
         """`keras.Model.fit`; a `tf.data.Dataset` is taken in its own order (its pipeline shuffles, or not).
 
         Keras' default `shuffle=True` does nothing for a Dataset but warn; it is turned off for one.
+        For image models the first batch is checked to lie in the model space [−1, 1].
         """
         if isinstance(x, tf.data.Dataset):
             kwargs.setdefault("shuffle", False)
+        if self.data_range is not None:  # images; a toy's model space is unbounded
+            self.check_first_batch(x)
         return super().fit(x, *args, **kwargs)
+
+    def check_first_batch(self, x):
+        """Raises ValueError when the first batch of `x` (a Dataset or an array) leaves [−1, 1].
+
+        Names the observed min and max; pixels left in 0–255 would otherwise train without error.
+        """
+        if isinstance(x, tf.data.Dataset):
+            x = next(iter(x.take(1)), None)
+        if x is None:
+            return
+        x0, _ = self._unpack(x)
+        data_lib.check_in_model_space(tf.convert_to_tensor(x0))
 
     def train_step(self, data):
         x0, labels = self._unpack(data)
@@ -285,7 +352,7 @@ class DiffusionModel(keras.Model):
         return {"loss": self.loss_tracker.result()}
 
     # -- sampling --------------------------------------------------------------------------------
-    def sample_model_space(self, num_samples, *, seed=0, sampler="ddpm", num_steps=None, eta=0.0, labels=None,
+    def sample_model_space(self, num_samples, *, seed=0, sampler=None, num_steps=None, eta=0.0, labels=None,
                            guidance_scale=None, trajectory_every=None, ddpm_variance="beta_tilde", clip_denoised=False,
                            spacing=samplers.DEFAULT_SPACING, init_images=None, strength=None, mask=None):
         """The reverse process on `denoise` in model space; tensors in, tensors out, not validated.
@@ -297,7 +364,7 @@ class DiffusionModel(keras.Model):
         """
         if self.data_shape is None:
             raise ValueError("The model is not built: train it or call it on data before sampling.")
-        num_steps = self.diffusion.num_timesteps if num_steps is None else num_steps
+        sampler, num_steps = self.default_request(sampler, num_steps)
         guidance_scale = guidance_scale if self.num_classes is not None else None
         if tf.executing_eagerly():
             function = self._sampling_function(
@@ -309,7 +376,7 @@ class DiffusionModel(keras.Model):
             guidance_scale = samplers.opaque(guidance_scale, tf.float32)
         shape = tf.concat([tf.reshape(tf.cast(num_samples, tf.int32), [1]), tf.constant(self.data_shape, tf.int32)], 0)
         return samplers.reverse_process(
-            lambda x, t, y: self.denoise(x, t, y, guidance_scale), self.diffusion, shape, seed=seed, num_steps=num_steps,
+            self._sampling_denoiser(guidance_scale), self.sampling_diffusion, shape, seed=seed, num_steps=num_steps,
             sampler=sampler, spacing=spacing, eta=eta, labels=labels, ddpm_variance=ddpm_variance,
             clip_denoised=clip_denoised, trajectory_every=trajectory_every, init_images=init_images, strength=strength,
             mask=mask)
@@ -325,11 +392,27 @@ class DiffusionModel(keras.Model):
         out = self.sample_model_space(num_samples, init_images=model_init, strength=strength, mask=mask, **request)
         samples = self.to_data_space(out if request.get("trajectory_every") is None else out[0])
         if init_images is not None:
-            kept = samplers.edit_start_timestep(1.0 if strength is None else strength, self.diffusion.num_timesteps) < 0
+            kept = samplers.edit_start_timestep(1.0 if strength is None else strength,
+                                                self.sampling_diffusion.num_timesteps) < 0
             if mask is not None:
                 kept = tf.logical_or(kept, mask >= 0.5)
             samples = tf.where(kept, tf.cast(init_images, samples.dtype), samples)
         return samples if request.get("trajectory_every") is None else (samples, out[1])
+
+    def default_request(self, sampler=None, num_steps=None):
+        """(sampler, num_steps) with None filled in: DDIM in N steps for a model distilled to N, else DDPM in T."""
+        if sampler is None:
+            sampler = "ddpm" if self.distilled_steps is None else "ddim"
+        if num_steps is None:
+            num_steps = self.sampling_diffusion.num_timesteps
+        return sampler, num_steps
+
+    def _sampling_denoiser(self, guidance_scale):
+        """`denoise` at the timesteps of `sampling_diffusion`: index j of a distilled model's is its grid's g_{j+1}."""
+        if self.distilled_steps is None:
+            return lambda x, t, y: self.denoise(x, t, y, guidance_scale)
+        grid = tf.constant(distilled_timesteps(self.diffusion.num_timesteps, self.distilled_steps)[1:], tf.int32)
+        return lambda x, t, y: self.denoise(x, tf.gather(grid, t), y, guidance_scale)
 
     def _sampling_function(self, kind, data_space):
         """The compiled sampler of one kind of request, cached (tensor arguments do not retrace).
@@ -366,12 +449,13 @@ class DiffusionModel(keras.Model):
         low, high = self.data_range
         return (tf.cast(x, tf.float32) - low) * (2.0 / (high - low)) - 1.0
 
-    def generate(self, num_samples, seed=0, sampler="ddpm", num_steps=None, eta=0.0, labels=None,
+    def generate(self, num_samples, seed=0, sampler=None, num_steps=None, eta=0.0, labels=None,
                  guidance_scale=None, trajectory_every=None, ddpm_variance="beta_tilde",
                  spacing=samplers.DEFAULT_SPACING, init_images=None, strength=None, mask=None):
         """Draws `num_samples` samples in data space as a NumPy array (one compiled graph), or edits images.
 
-        Args are those of `samplers.sample`, plus `guidance_scale`, the classifier-free guidance
+        Args are those of `samplers.sample` (a None `sampler` and `num_steps` are `default_request`'s:
+        DDPM in T steps, or DDIM in N for a model distilled to N), plus `guidance_scale`, the classifier-free guidance
         weight w (None or 0: plain conditional; ignored by an unconditional model). With
         `trajectory_every=k` returns `(samples, trajectory)`, the trajectory in model space
         [frames, N, ...].
@@ -386,7 +470,7 @@ class DiffusionModel(keras.Model):
         Raises:
           ValueError: an invalid request, naming the argument and its value.
         """
-        num_steps = self.diffusion.num_timesteps if num_steps is None else num_steps
+        sampler, num_steps = self.default_request(sampler, num_steps)
         request = dict(sampler=sampler, num_steps=num_steps, eta=eta, guidance_scale=guidance_scale,
                        trajectory_every=trajectory_every, ddpm_variance=ddpm_variance, spacing=spacing, strength=strength)
         labels, init_images, mask = self._validate_request(num_samples, request, labels, init_images, mask)
@@ -412,7 +496,10 @@ class DiffusionModel(keras.Model):
             raise ValueError(f"num_samples must be an integer >= 1. Received: num_samples={num_samples!r}")
         if self.data_shape is None:
             raise ValueError("The model is not built: train it or call it on data before sampling.")
-        samplers.validate_request(self.diffusion.num_timesteps, **request)
+        if self.distilled_steps is not None and request["num_steps"] != self.distilled_steps:
+            raise ValueError(f"This model was distilled to sample in num_steps={self.distilled_steps} steps on its "
+                             f"grid, and in no other number. Received: num_steps={request['num_steps']!r}")
+        samplers.validate_request(self.sampling_diffusion.num_timesteps, **request)
         samplers.validate_edit((num_samples,) + tuple(self.data_shape), init_images, request["strength"], mask)
         if init_images is not None:
             init_images = np.asarray(init_images, np.float32)

@@ -25,13 +25,16 @@ from tfdiffusion.callbacks import (  # noqa: F401  (re-exported: a run's callbac
     CheckpointEveryEpoch, NonFiniteLossError, ProgressBar, SampleGrid, StopOnNonFiniteLoss, nonfinite_loss_error,
     sample_images)
 from tfdiffusion import config as config_lib
-from tfdiffusion import data as data_lib
 from tfdiffusion import precision
 
 
 # -- the run -------------------------------------------------------------------------------------
-def train(config, workdir):
-    """Trains (or resumes) the run of `config` in `workdir`; returns a summary dict."""
+def train(config, workdir, callbacks=()):
+    """Trains (or resumes) the run of `config` in `workdir`; returns a summary dict.
+
+    `callbacks`: further Keras callbacks of the `fit` loop (e.g. one that stops at a time budget);
+    the multi-worker loop takes none.
+    """
     config_lib.validate_config(config)
     if config.train.cpu_devices:
         # Splits the CPU into logical devices, to run multi-device code on one machine.
@@ -50,12 +53,12 @@ def train(config, workdir):
                  reason)
     keras.mixed_precision.set_global_policy(policy)
     try:
-        return _train(config, workdir, precision_used=(policy, reason))
+        return _train(config, workdir, precision_used=(policy, reason), callbacks=callbacks)
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
 
-def _train(config, workdir, precision_used):
+def _train(config, workdir, precision_used, callbacks):
     jit_compile = builders.resolve_jit_compile(config.train.jit_compile)
     logging.info("jit_compile=%s (config.train.jit_compile=%r; devices: %s)", jit_compile, config.train.jit_compile,
                  [d.device_type for d in tf.config.list_physical_devices()])
@@ -89,7 +92,7 @@ def _train(config, workdir, precision_used):
     if start_step < config.train.steps:
         logging.info("Training steps %d → %d in %s (strategy %s, %d replicas)", start_step, config.train.steps,
                      workdir, config.train.strategy, strategy.num_replicas_in_sync)
-        final_loss = _run_loop(model, strategy, examples, config, manager, start_step, workdir)
+        final_loss = _run_loop(model, strategy, examples, config, manager, start_step, workdir, callbacks)
     elapsed = time.time() - start
     if not builders.is_chief(strategy):
         return {"name": config.name, "steps": int(model.optimizer.iterations.numpy()), "chief": False}
@@ -110,7 +113,7 @@ def _train(config, workdir, precision_used):
     return summary
 
 
-def _run_loop(model, strategy, examples, config, manager, start_step, workdir):
+def _run_loop(model, strategy, examples, config, manager, start_step, workdir, callbacks):
     """Unpacks the config into the arguments of the loop the strategy needs."""
     schedule = {"start_step": start_step, "total_steps": config.train.steps,
                 "checkpoint_every": config.train.checkpoint_every, "log_every": config.train.log_every,
@@ -120,14 +123,14 @@ def _run_loop(model, strategy, examples, config, manager, start_step, workdir):
         return examples.batches(config.data.batch_size, seed=config.seed, start_step=first_step,
                                 with_labels=model.num_classes is not None)
 
-    dataset = batches(start_step)
-    if model.data_range is not None:  # images; a toy's model space is unbounded
-        first = next(iter(dataset.take(1)))
-        data_lib.check_in_model_space(first[0] if isinstance(first, tuple) else first)
     if config.train.strategy == "multi_worker":
+        if callbacks:
+            raise ValueError(f"The multi-worker loop takes no Keras callbacks. Received: callbacks={list(callbacks)}")
+        if model.data_range is not None:  # `fit` checks its own first batch
+            model.check_first_batch(batches(start_step))
         return custom_loop(model, strategy, batches, batch_size=config.data.batch_size, **schedule)
-    return keras_fit_loop(model, dataset, verbose=config.train.verbose, sample_every=config.train.sample_every,
-                          sample=config.sample.to_dict(), **schedule)
+    return keras_fit_loop(model, batches(start_step), verbose=config.train.verbose, sample_every=config.train.sample_every,
+                          sample=config.sample.to_dict(), callbacks=callbacks, **schedule)
 
 
 def _write_outputs(model, config, examples, workdir, summary):
@@ -145,7 +148,7 @@ def _write_outputs(model, config, examples, workdir, summary):
 
 # -- the loops -----------------------------------------------------------------------------------
 def keras_fit_loop(model, dataset, *, start_step, total_steps, checkpoint_every, log_every, manager, workdir,
-                   verbose=True, sample_every=0, sample=None):
+                   verbose=True, sample_every=0, sample=None, callbacks=()):
     """Steps `start_step` → `total_steps` of `model.fit` over `dataset`; returns the last epoch's loss.
 
     Args:
@@ -160,20 +163,21 @@ def keras_fit_loop(model, dataset, *, start_step, total_steps, checkpoint_every,
       verbose: show the progress (`ProgressBar`).
       sample_every: steps between sample grids in TensorBoard (`SampleGrid`; 0 for none).
       sample: the `generate` request of the grids (a config's `sample` section).
+      callbacks: further Keras callbacks, after the run's own.
     """
-    callbacks = [
+    run_callbacks = [
         StopOnNonFiniteLoss(),
         CheckpointEveryEpoch(manager),
         keras.callbacks.CSVLogger(os.path.join(workdir, "loss.csv"), append=True),
         keras.callbacks.TensorBoard(os.path.join(workdir, "logs"), update_freq=log_every),
     ]
     if verbose:
-        callbacks.append(ProgressBar(total_steps, log_every))
+        run_callbacks.append(ProgressBar(total_steps, log_every))
     if sample_every and model.data_shape is not None and len(model.data_shape) == 3:
-        callbacks.append(SampleGrid(os.path.join(workdir, "logs", "samples"), sample_every, sample or {}))
+        run_callbacks.append(SampleGrid(os.path.join(workdir, "logs", "samples"), sample_every, sample or {}))
     history = model.fit(
         dataset, steps_per_epoch=checkpoint_every, epochs=total_steps // checkpoint_every,
-        initial_epoch=start_step // checkpoint_every, callbacks=callbacks, verbose=0,
+        initial_epoch=start_step // checkpoint_every, callbacks=run_callbacks + list(callbacks), verbose=0,
         shuffle=False,  # the batch order is the dataset's (step-indexed); Keras warns when told to shuffle one
     ).history
     return float(history["loss"][-1])

@@ -58,6 +58,8 @@ _NUM_STEPS = flags.DEFINE_integer("num_steps", 0, "Sampling steps; 0 means T (no
 _ETA = flags.DEFINE_float("eta", 0.0, "DDIM η.")
 _GUIDANCE = flags.DEFINE_float("guidance_scale", 0.0, "Classifier-free guidance weight (conditional models).")
 _NUM_CLASSES = flags.DEFINE_integer("num_classes", 10, "Classes of a conditional SavedModel (labels cycle 0..K−1).")
+_PRECISION = flags.DEFINE_enum("mixed_precision", "auto", ["auto", "float32", "mixed_bfloat16", "mixed_float16"],
+                               "Compute precision of the model's network calls (auto: bfloat16 where it pays).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the samples.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 500, "Samples per sampler call.")
 _REFERENCE_SPLIT = flags.DEFINE_string("reference_split", None, "Split of the reference images (default: test for "
@@ -83,6 +85,7 @@ def main(argv):
             dataset=_DATASET.value, data_path=_DATA_PATH.value, idx_dir=_IDX_DIR.value, data_dir=_DATA_DIR.value,
             num_samples=_NUM_SAMPLES.value, sampler=_SAMPLER.value, num_steps=_NUM_STEPS.value, eta=_ETA.value,
             guidance_scale=_GUIDANCE.value, spacing=_SPACING.value, num_classes=_NUM_CLASSES.value, seed=_SEED.value,
+            mixed_precision=_PRECISION.value,
             batch_size=_BATCH_SIZE.value, reference_split=_REFERENCE_SPLIT.value,
             reference_num_images=_REFERENCE_LIMIT.value, reference_cache_dir=_REFERENCE_CACHE_DIR.value,
             reference_seed=_REFERENCE_SEED.value, kid_subsets=_KID_SUBSETS.value,

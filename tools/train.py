@@ -10,9 +10,7 @@ and the value received, and exit status 1 (`--verbose` shows the traceback); a l
 NaN/Inf ends with exit status 3 (the last good checkpoint is kept).
 """
 
-import sys
-
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from tfdiffusion import cli
@@ -28,13 +26,7 @@ def main(argv):
     del argv  # cli.run refuses positional arguments
     from tfdiffusion import training  # imports TensorFlow: after the command line is checked
 
-    try:
-        training.train(_CONFIG.value, _WORKDIR.value)
-    except training.NonFiniteLossError as error:
-        logging.error("%s", error)
-        print(f"error: {error}", file=sys.stderr)
-        return 3
-    return 0
+    return cli.run_job(training.train, _CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -299,45 +299,7 @@ class UNet(keras.Model):
         self._attention_resolutions = attention_resolutions
 
         # === Layers ===
-        policy = self.dtype_policy
-        widths = [base_channels * m for m in channel_mult]
-        self.time_embedding = TimestepEmbedding(
-            self.embedding_dim, self.embedding_dim, 1, activation="silu", num_classes=num_classes, dtype=policy,
-            name="time_embedding",
-        )
-        self.input_conv = keras.layers.Conv2D(base_channels, 3, padding="same", dtype=policy, name="input_conv")
-        self.down_blocks = [
-            [self._residual_block(c, f"down_{i}_block_{j}") for j in range(num_res_blocks)]
-            for i, c in enumerate(widths)
-        ]
-        self.down_samplers = [
-            keras.layers.Conv2D(c, 3, strides=2, padding="same", dtype=policy, name=f"down_sample_{i}")
-            for i, c in enumerate(widths[:-1])
-        ]
-        self.middle_block1 = self._residual_block(widths[-1], "middle_block_1")
-        self.middle_attention = AttentionBlock(widths[-1], num_heads, num_groups, dtype=policy, name="middle_attention")
-        self.middle_block2 = self._residual_block(widths[-1], "middle_block_2")
-        self.up_blocks = [
-            [self._residual_block(widths[i], f"up_{i}_block_{j}") for j in range(num_res_blocks + 1)]
-            for i in reversed(range(len(widths)))
-        ]
-        self.up_sample_layers = [
-            keras.layers.UpSampling2D(2, interpolation="nearest", dtype=policy, name=f"up_sample_{i}")
-            for i in reversed(range(1, len(widths)))
-        ]
-        self.up_convs = [
-            keras.layers.Conv2D(widths[i], 3, padding="same", dtype=policy, name=f"up_conv_{i}")
-            for i in reversed(range(1, len(widths)))
-        ]
-        self.output_norm = _group_norm(num_groups, policy, "output_norm")
-        self.output_conv = keras.layers.Conv2D(
-            output_channels, 3, padding="same", kernel_initializer="zeros", dtype=policy, name="output_conv"
-        )
-        # The attention after block j of level i, keyed "down_i_j" / "up_i_j", in the order of the
-        # forward pass (which is also the order of their weights in a saved file).
-        self.attention_blocks = {}
-        if attention_levels is not None:
-            self._create_attention_blocks()
+        self._create_layers()
 
     @property
     def embedding_dim(self):
@@ -349,6 +311,50 @@ class UNet(keras.Model):
 
     def _residual_block(self, filters, name):
         return ResidualBlock(filters, self.num_groups, self.dropout, dtype=self.dtype_policy, name=name)
+
+    def _create_layers(self):
+        """Creates every sublayer from the config (with the deprecated `attention_resolutions`, the attention
+        blocks wait for `build`, which knows the input height)."""
+        policy = self.dtype_policy
+        widths = [self.base_channels * m for m in self.channel_mult]
+        self.time_embedding = TimestepEmbedding(
+            self.embedding_dim, self.embedding_dim, 1, activation="silu", num_classes=self.num_classes, dtype=policy,
+            name="time_embedding",
+        )
+        self.input_conv = keras.layers.Conv2D(self.base_channels, 3, padding="same", dtype=policy, name="input_conv")
+        self.down_blocks = [
+            [self._residual_block(c, f"down_{i}_block_{j}") for j in range(self.num_res_blocks)]
+            for i, c in enumerate(widths)
+        ]
+        self.down_samplers = [
+            keras.layers.Conv2D(c, 3, strides=2, padding="same", dtype=policy, name=f"down_sample_{i}")
+            for i, c in enumerate(widths[:-1])
+        ]
+        self.middle_block1 = self._residual_block(widths[-1], "middle_block_1")
+        self.middle_attention = AttentionBlock(widths[-1], self.num_heads, self.num_groups, dtype=policy,
+                                               name="middle_attention")
+        self.middle_block2 = self._residual_block(widths[-1], "middle_block_2")
+        self.up_blocks = [
+            [self._residual_block(widths[i], f"up_{i}_block_{j}") for j in range(self.num_res_blocks + 1)]
+            for i in reversed(range(len(widths)))
+        ]
+        self.up_sample_layers = [
+            keras.layers.UpSampling2D(2, interpolation="nearest", dtype=policy, name=f"up_sample_{i}")
+            for i in reversed(range(1, len(widths)))
+        ]
+        self.up_convs = [
+            keras.layers.Conv2D(widths[i], 3, padding="same", dtype=policy, name=f"up_conv_{i}")
+            for i in reversed(range(1, len(widths)))
+        ]
+        self.output_norm = _group_norm(self.num_groups, policy, "output_norm")
+        self.output_conv = keras.layers.Conv2D(
+            self.output_channels, 3, padding="same", kernel_initializer="zeros", dtype=policy, name="output_conv"
+        )
+        # The attention after block j of level i, keyed "down_i_j" / "up_i_j", in the order of the
+        # forward pass (which is also the order of their weights in a saved file).
+        self.attention_blocks = {}
+        if self.attention_levels is not None:
+            self._create_attention_blocks()
 
     def _create_attention_blocks(self):
         levels = len(self.channel_mult)
