@@ -210,6 +210,10 @@ def test_distilled_model_exports_and_serves_the_samples_of_generate(distilled, t
                     sampler=tf.constant("ddim"), eta=tf.constant(0.0), guidance_scale=tf.constant(0.0),
                     labels=tf.zeros([0], tf.int32), spacing=tf.constant("uniform"))["samples"].numpy()
     np.testing.assert_array_equal(served, model.generate(3, seed=11))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="distilled for. Received: num_steps=3"):
+        sample(seed=tf.constant(11, tf.int64), num_samples=tf.constant(3), num_steps=tf.constant(3),
+               sampler=tf.constant("ddim"), eta=tf.constant(0.0), guidance_scale=tf.constant(0.0),
+               labels=tf.zeros([0], tf.int32), spacing=tf.constant("uniform"))
 
 
 def test_resuming_a_round_from_a_checkpoint_equals_the_uninterrupted_run(distilled, teacher_workdir, idx_dir, tmp_path):

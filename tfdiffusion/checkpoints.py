@@ -41,6 +41,9 @@ def atomic_path(path, *, directory=False, overwrite=True):
     stem, dot, suffix = name.partition(".")
     if directory:
         temporary = tempfile.mkdtemp(prefix=f".{name}.partial-", dir=parent)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o777 & ~umask)  # mkdtemp's 0700 would hide an export from a server run as another user
     else:
         descriptor, temporary = tempfile.mkstemp(prefix=f".{stem}.partial-", suffix=dot + suffix, dir=parent)
         os.close(descriptor)

@@ -1,14 +1,17 @@
-r"""Exports a trained tfdiffusion model for TensorFlow Serving.
+r"""Exports a trained tfdiffusion model for TensorFlow Serving, as a fixed-step sampler, or for TFLite.
 
     python tools/export.py --workdir=runs/moons --export_base=runs/serving [--name=moons] [--version=3]
+    python tools/export.py --workdir=runs/mnist --export_base=runs/serving --format=fixed|tflite \
+        --sampler=dpmpp_2m --num_steps=4 [--spacing=logsnr] [--batch_size=16] [--jit_compile]
 
-Loads WORKDIR/model.keras (written by the training binary), writes the SavedModel to
-EXPORT_BASE/NAME/VERSION/ and adds NAME to EXPORT_BASE/models.config. Then prints what a request
-to this model may ask for (T, classes, sample shape, the bound on num_samples), a REST body the
-model accepts, and, last, the version directory. NAME defaults to the "name" of
-WORKDIR/config.json, else to the basename of WORKDIR; VERSION defaults to the next free integer.
-See docs/SERVING.md. Bad input ends with one line naming the flag and the value received, and
-exit status 1.
+Loads WORKDIR/model.keras (written by the training binary) and writes EXPORT_BASE/NAME/VERSION/:
+--format=saved_model (default) the SavedModel of every sampler (`sample`, `edit`, ...), --format=fixed
+a SavedModel of one frozen request (`sample_fixed`: seed in, --batch_size samples out), both added
+to EXPORT_BASE/models.config; --format=tflite model.tflite (the fixed-step graph, noise as inputs,
+run by tools/sample_tflite.py; not in models.config). Prints what a request may ask for, a REST
+body (or the TFLite command) and, last, the written path. NAME defaults to config.json's "name",
+else the basename of WORKDIR (+ _SAMPLER_NUMSTEPS[_tflite] for the fixed formats); VERSION to the
+next free integer. See docs/SERVING.md. Bad input: one line naming the flag and value, exit 1.
 """
 
 import json
@@ -17,18 +20,27 @@ import os
 from absl import flags
 
 from tfdiffusion import cli
+from tfdiffusion.config import SAMPLER_NAMES, SPACING_NAMES
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training directory holding model.keras (and config.json).")
-flags.DEFINE_string("export_base", None, "TF Serving model base: NAME/VERSION/ and models.config are written here.")
-flags.DEFINE_string("name", None, "Serving name of the model (default: config.json's name, else the workdir basename).")
+flags.DEFINE_string("export_base", None, "Model base: NAME/VERSION/ (and models.config) are written here.")
+flags.DEFINE_string("name", None, "Model name (default: config.json's name, else the workdir basename; "
+                    "_SAMPLER_NUMSTEPS[_tflite] appended for --format=fixed/tflite).")
 flags.DEFINE_integer("version", None, "Version to write (default: one more than the newest existing version).")
 flags.DEFINE_string("serving_base", None, "Where the server sees --export_base (e.g. /models in Docker); "
                     "used for models.config's base_path. Default: the absolute --export_base.")
 flags.DEFINE_integer("max_num_samples", None, "Reject requests with more samples than this (default: no bound).")
-flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"],
-                  "The network's compute dtype in the export; weights stay float32 (bfloat16 = mixed_bfloat16; "
-                  "slower than float32 on CPUs without AMX, see docs/BENCHMARKS.md).")
+flags.DEFINE_enum("compute_dtype", "auto", ["auto", "float32", "bfloat16"], "The network's compute dtype; weights "
+                  "stay float32 (auto: bfloat16 where the hardware has bfloat16 matrix units, tfdiffusion.precision).")
+flags.DEFINE_enum("format", "saved_model", ["saved_model", "fixed", "tflite"], "What to write (see above).")
+flags.DEFINE_enum("sampler", "dpmpp_2m", SAMPLER_NAMES, "The fixed formats' sampler.")
+flags.DEFINE_integer("num_steps", None, "The fixed formats' number of steps (required for them).")
+flags.DEFINE_enum("spacing", "uniform", SPACING_NAMES, "The fixed formats' timestep spacing.")
+flags.DEFINE_float("eta", 0.0, "The fixed formats' DDIM eta in [0, 1].")
+flags.DEFINE_integer("batch_size", 16, "The fixed formats' number of samples per request.")
+flags.DEFINE_boolean("jit_compile", False, "Compile --format=fixed's steps with XLA (for GPU/TPU serving; slower "
+                     "on CPU, see docs/SERVING.md).")
 flags.mark_flags_as_required(["workdir", "export_base"])
 
 
@@ -46,67 +58,60 @@ def default_name(workdir):
     return os.path.basename(os.path.normpath(os.path.abspath(workdir)))
 
 
+def export_name():
+    if FLAGS.name or FLAGS.format == "saved_model":
+        return FLAGS.name or default_name(FLAGS.workdir)
+    suffix = "_tflite" if FLAGS.format == "tflite" else ""
+    return f"{default_name(FLAGS.workdir)}_{FLAGS.sampler}_{FLAGS.num_steps}{suffix}"
+
+
 def check_flags():
     """The checks that need no TensorFlow: bad values, a missing model, a version that exists."""
-    if FLAGS.version is not None and FLAGS.version < 1:
-        raise cli.UsageError(f"--version must be an integer >= 1. Received: --version={FLAGS.version}")
-    if FLAGS.max_num_samples is not None and FLAGS.max_num_samples < 1:
-        raise cli.UsageError(f"--max_num_samples must be >= 1. Received: --max_num_samples={FLAGS.max_num_samples}")
+    fixed = FLAGS.format != "saved_model"
+    for flag, bad, rule in (
+            ("version", FLAGS.version is not None and FLAGS.version < 1, "must be >= 1"),
+            ("max_num_samples", FLAGS.max_num_samples is not None and (FLAGS.max_num_samples < 1 or fixed),
+             "must be >= 1, for --format=saved_model only"),
+            ("num_steps", fixed and (FLAGS.num_steps or 0) < 1, f"must be >= 1, and --format={FLAGS.format} needs it"),
+            ("batch_size", FLAGS.batch_size < 1, "must be >= 1"), ("eta", not 0 <= FLAGS.eta <= 1, "must be in [0, 1]"),
+            ("jit_compile", FLAGS.jit_compile and FLAGS.format != "fixed", "is for --format=fixed only"),
+            ("compute_dtype", FLAGS.compute_dtype == "bfloat16" and FLAGS.format == "tflite", "TFLite is float32")):
+        if bad:
+            raise cli.UsageError(f"--{flag} {rule}. Received: --{flag}={getattr(FLAGS, flag)}")
     model_path = os.path.join(FLAGS.workdir, "model.keras")
     if not os.path.isfile(model_path):
         raise cli.UsageError(f"No trained model: {model_path} does not exist. Received: --workdir={FLAGS.workdir!r}")
     if FLAGS.version is not None:
-        version_dir = os.path.abspath(os.path.join(FLAGS.export_base, FLAGS.name or default_name(FLAGS.workdir),
-                                                   str(FLAGS.version)))
+        version_dir = os.path.abspath(os.path.join(FLAGS.export_base, export_name(), str(FLAGS.version)))
         if os.path.lexists(version_dir):
             raise cli.UsageError(f"Refusing to overwrite an existing export ({version_dir} exists). "
                                  f"Received: --version={FLAGS.version}")
-
-
-def describe_limits(limits):
-    """What a `sample` request may ask for, as printable lines, and a REST body within those limits.
-
-    Args:
-      limits: `export.model_limits(model, max_num_samples)`, what the SavedModel's `limits` signature returns.
-    """
-    T, num_classes = int(limits["num_timesteps"]), int(limits["num_classes"])
-    max_num_samples = int(limits["max_num_samples"])
-    bound = f"<= {max_num_samples}" if max_num_samples else ">= 1 (no upper bound; --max_num_samples sets one)"
-    if num_classes:
-        classes = (f"{num_classes} classes: one label per sample in [0, {num_classes}] "
-                   f"({num_classes} = no class, for classifier-free guidance)")
-        labels, guidance_scale = [0, min(1, num_classes - 1)], 2.0
-    else:
-        classes = "unconditional: labels and guidance_scale are ignored (send any one label, e.g. [0])"
-        labels, guidance_scale = [0], 0.0
-    samplers, spacings = (", ".join(str(name) for name in limits[key]) for key in ("samplers", "spacings"))
-    lines = [
-        f"T = {T}: num_steps in [1, {T}]",
-        classes,
-        f"samples of shape [num_samples, {', '.join(str(d) for d in limits['data_shape'])}]; num_samples {bound}",
-        f"sampler one of {samplers}; spacing one of {spacings}; eta in [0, 1]",
-    ]
-    body = {"signature_name": "sample",
-            "inputs": {"seed": 3, "num_samples": 2, "num_steps": min(T, 20), "sampler": "ddim", "eta": 0.0,
-                       "guidance_scale": guidance_scale, "labels": labels, "spacing": str(limits["spacings"][0])}}
-    return lines, body
 
 
 def main(argv):
     del argv  # cli.run refuses positional arguments, and has run check_flags
     from tfdiffusion import builders, export
 
-    name = FLAGS.name or default_name(FLAGS.workdir)
+    name = export_name()
     model = builders.load_model(os.path.join(FLAGS.workdir, "model.keras"), compile=False)
-    if FLAGS.compute_dtype == "bfloat16":
-        model = model.with_dtype_policy("mixed_bfloat16")
-    path = export.export_for_serving(model, FLAGS.export_base, name, FLAGS.version,
-                                     serving_base=FLAGS.serving_base, max_num_samples=FLAGS.max_num_samples)
-    lines, body = describe_limits(export.model_limits(model, FLAGS.max_num_samples))
-    print(f"Exported {name!r}. Requests to its `sample` signature:")
-    for line in lines:
-        print(f"  {line}")
-    print(f"A REST body it accepts (POST /v1/models/{name}:predict): {json.dumps(body)}")
+    setting = {"bfloat16": "mixed_bfloat16", "auto": "float32" if FLAGS.format == "tflite" else "auto"}
+    model, policy, reason = model.inference_model(setting.get(FLAGS.compute_dtype, FLAGS.compute_dtype))
+    print(f"compute precision: {policy} ({reason})")
+    fixed = dict(sampler=FLAGS.sampler, num_steps=FLAGS.num_steps, spacing=FLAGS.spacing, eta=FLAGS.eta,
+                 batch_size=FLAGS.batch_size)
+    if FLAGS.format == "tflite":
+        path = export.export_tflite(model, export.version_directory(FLAGS.export_base, name, FLAGS.version), **fixed)
+    else:
+        fixed_step = dict(fixed, jit_compile=FLAGS.jit_compile) if FLAGS.format == "fixed" else None
+        path = export.export_for_serving(model, FLAGS.export_base, name, FLAGS.version, serving_base=FLAGS.serving_base,
+                                         max_num_samples=FLAGS.max_num_samples, fixed_step=fixed_step)
+    lines, body = export.describe_export(model, FLAGS.format, FLAGS.max_num_samples, fixed)
+    print(f"Exported {name!r} ({FLAGS.format}). What it computes and takes:")
+    print("\n".join(f"  {line}" for line in lines))
+    if FLAGS.format == "tflite":
+        print(f"Run it: python tools/sample_tflite.py --model={path} --output=grid.png --seed=0")
+    else:
+        print(f"A REST body it accepts (POST /v1/models/{name}:predict): {json.dumps(body)}")
     print(path)
 
 
