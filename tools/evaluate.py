@@ -29,11 +29,10 @@ Exit status 1 with one line naming the flag and the value on bad input (missing 
 
 import json
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 from tfdiffusion import cli  # noqa: E402  (imports no TensorFlow)
 
@@ -74,25 +73,20 @@ flags.mark_flags_as_required(["output"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments. Received: {argv[1:]}")
+    del argv  # cli.run refuses positional arguments, and ends a ValueError with one line and exit status 1
     from tfdiffusion import evaluation  # (imports TensorFlow: after the flags are parsed)
 
-    try:
-        report = evaluation.evaluate(
-            model=_MODEL.value, saved_model=_SAVED_MODEL.value, checkpoint_step=_CHECKPOINT_STEP.value,
-            features=_FEATURES.value, classifier=_CLASSIFIER.value, inception_weights=_INCEPTION_WEIGHTS.value,
-            dataset=_DATASET.value, data_path=_DATA_PATH.value, idx_dir=_IDX_DIR.value, data_dir=_DATA_DIR.value,
-            num_samples=_NUM_SAMPLES.value, sampler=_SAMPLER.value, num_steps=_NUM_STEPS.value, eta=_ETA.value,
-            guidance_scale=_GUIDANCE.value, spacing=_SPACING.value, num_classes=_NUM_CLASSES.value, seed=_SEED.value,
-            mixed_precision=_PRECISION.value,
-            batch_size=_BATCH_SIZE.value, reference_split=_REFERENCE_SPLIT.value,
-            reference_num_images=_REFERENCE_LIMIT.value, reference_cache_dir=_REFERENCE_CACHE_DIR.value,
-            reference_seed=_REFERENCE_SEED.value, kid_subsets=_KID_SUBSETS.value,
-            kid_subset_size=_KID_SUBSET_SIZE.value, output=_OUTPUT.value)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    report = evaluation.evaluate(
+        model=_MODEL.value, saved_model=_SAVED_MODEL.value, checkpoint_step=_CHECKPOINT_STEP.value,
+        features=_FEATURES.value, classifier=_CLASSIFIER.value, inception_weights=_INCEPTION_WEIGHTS.value,
+        dataset=_DATASET.value, data_path=_DATA_PATH.value, idx_dir=_IDX_DIR.value, data_dir=_DATA_DIR.value,
+        num_samples=_NUM_SAMPLES.value, sampler=_SAMPLER.value, num_steps=_NUM_STEPS.value, eta=_ETA.value,
+        guidance_scale=_GUIDANCE.value, spacing=_SPACING.value, num_classes=_NUM_CLASSES.value, seed=_SEED.value,
+        mixed_precision=_PRECISION.value,
+        batch_size=_BATCH_SIZE.value, reference_split=_REFERENCE_SPLIT.value,
+        reference_num_images=_REFERENCE_LIMIT.value, reference_cache_dir=_REFERENCE_CACHE_DIR.value,
+        reference_seed=_REFERENCE_SEED.value, kid_subsets=_KID_SUBSETS.value,
+        kid_subset_size=_KID_SUBSET_SIZE.value, output=_OUTPUT.value)
     shown = {k: v for k, v in report.items()
              if k not in ("label_histogram", "protocol", "requested_label_accuracy_per_class")}
     print(json.dumps(shown, indent=2))
