@@ -251,3 +251,13 @@ def test_tfds_reference_at_the_samples_size(tmp_path):
         reference = features.reference_for(extractor, settings, cache_dir=str(tmp_path), num_images=7)
     assert reference["num_images"] == 7 and reference["features"].shape == (7, 8)
     assert os.path.basename(reference["cache"]) == "reference_classifier_oxford_flowers102_train-50-_16x16x3_7.npz"
+
+
+def test_named_dataset_reference_of_a_folder_trained_model_is_the_dataset_itself():
+    """MNIST written as PNGs and trained through the folder source is still compared with MNIST's test split."""
+    folder_run = {"name": "mnist", "source": "folder", "path": "/data/mnist_png", "channels": 1}
+    settings = features.reference_settings("mnist", (28, 28, 1), training=folder_run, idx_dir="/idx")
+    assert settings == {"name": "mnist", "split": "test", "source": "auto", "idx_dir": "/idx",
+                        "image_size": (28, 28), "channels": 1}
+    idx_run = {"name": "mnist", "source": "idx", "idx_dir": "/idx"}
+    assert features.reference_settings("mnist", (28, 28, 1), training=idx_run)["source"] == "idx"

@@ -425,8 +425,9 @@ def reference_settings(dataset, image_shape, *, training=None, data_path=None, s
         if not settings.get("path"):
             raise ValueError("A folder reference needs the folder: pass data_path. Received: data_path=None")
     elif dataset in ARRAY_DATASETS:
+        # A folder of the dataset's images (e.g. MNIST written as PNGs) is not its IDX/TFDS source.
         same = {key: training[key] for key in ("source", "idx_dir", "data_dir")
-                if training.get("name") == dataset and key in training}
+                if training.get("name") == dataset and training.get("source") != "folder" and key in training}
         settings = {"name": dataset, "split": split or "test", "source": "auto", **same}
     else:
         same = training.get("name") == dataset
