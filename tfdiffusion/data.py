@@ -1025,12 +1025,14 @@ def image_folder(path, *, class_subfolders=False, image_size=None, channels=0, r
     Args:
         path: the folder, searched recursively.
         class_subfolders: first-level subfolder names are the class labels (sorted).
-        image_size: (H, W) to resize and centre-crop to, or None for the stored size (all equal).
+        image_size: S or (H, W) to resize (shorter side) and centre-crop to, or None (or 0) for the
+          stored size (all equal).
         channels: 1 or 3 (converted), or 0 for 3 when any image has colour, else 1.
         random_flip: mirror left-right at random (a function of seed and step).
         on_bad_file: "error" or "skip".
         cache: decode everything once into memory (small sets): the same batches, bitwise.
     """
+    image_size = image_size_pair(image_size)
     files, labels, class_names = list_image_files(path, class_subfolders)
     return _checked_encoded_images(files, labels, files, read_files=True, where=os.fspath(path),
                                    image_size=image_size, channels=channels, random_flip=random_flip,
