@@ -16,12 +16,12 @@ GroupNorm(32); its output channels follow the data (3). v-prediction with min-SN
 (Hang et al. 2023), Adam 2e-4 with 1000 warm-up steps and a cosine decay, EMA 0.9999, random
 horizontal flips. Every 5000 steps a grid of 16 EMA samples (fixed seed) goes to TensorBoard.
 
-Run time here: 46 s per step of 64 images (graph mode + oneDNN, float32, after the first step's
-tracing), measured while other jobs ran (load average 3–5 on this 2-core CPU; the run had about half
-of it) with a 4-step run of the command above on 128 PNGs (`--config.train.steps=4
---config.train.checkpoint_every=4 --config.optimizer.warmup_steps=0`), 2026-11-30. The 200k steps are
-therefore GPU work; there `train.jit_compile="auto"` uses XLA. Not trained here beyond a few steps,
-so nothing below is measured. Expected, by analogy with DDPM at this size: colour blobs that follow
+Run time here: 13.8 s per step of 64 images streamed from a PNG folder, 13.2 s from memory (graph mode
++ oneDNN, float32, a quiet 2-core CPU; `benchmarks/data_throughput.py`, docs/BENCHMARKS.md,
+2026-11-30). The 200k steps are therefore GPU work; there `train.jit_compile="auto"` uses XLA. This
+config itself was not trained here beyond a few steps. A narrower 32×32 version trained 2,400 steps
+on a folder of coloured shapes in 29 minutes; its samples are in docs/RESULTS.md ("Training from a
+folder"). So nothing below is measured. Expected, by analogy with DDPM at this size: colour blobs that follow
 the data's palette after a few thousand steps, recognisable layouts of the data after ~50k, sharp
 samples after the 200k steps on a few thousand images or more (small folders are memorised).
 

@@ -216,6 +216,7 @@ def test_distilled_model_exports_and_serves_the_samples_of_generate(distilled, t
                labels=tf.zeros([0], tf.int32), spacing=tf.constant("uniform"))
 
 
+@pytest.mark.slow  # 10 s; the fast suite keeps the other round tests, and the SIGKILL test covers resuming too
 def test_resuming_a_round_from_a_checkpoint_equals_the_uninterrupted_run(distilled, teacher_workdir, idx_dir, tmp_path):
     """A run that stopped after round 1's step-2 checkpoint (the state a kill there leaves) ends bitwise equal."""
     straight, _ = distilled
@@ -269,6 +270,21 @@ def test_usage_errors_are_one_line_and_exit_1(tmp_path, flags, message):
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("error: ") and message in errors[0], result.stderr
+    assert not workdir.exists()
+
+
+@pytest.mark.parametrize("binary, config, message", [
+    ("train.py", "configs/mnist_distill.py:tiny", "distillation config (it has a distill section): run it with "
+                                                   "tools/distill.py"),
+    ("distill.py", "configs/mnist.py:tiny", "training config (it has no distill section): run it with tools/train.py"),
+])
+def test_a_config_given_to_the_other_binary_is_one_line_and_exit_1(tmp_path, binary, config, message):
+    workdir = tmp_path / "run"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / binary), f"--config={config}",
+                             f"--workdir={workdir}"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and len(errors) == 1 and message in errors[0], result.stderr
     assert not workdir.exists()
 
 

@@ -298,7 +298,7 @@ def test_mixed_float16_overflow_steps_are_counted():
         keras.mixed_precision.set_global_policy("float32")
 
 
-@pytest.mark.parametrize("prediction_type", ["x0", "v"])
+@pytest.mark.parametrize("prediction_type", [pytest.param("x0", marks=pytest.mark.slow), "v"])  # 13 s each
 def test_two_moons_with_other_prediction_types(prediction_type):
     keras.utils.set_random_seed(0)
     x = tfd.data.make_moons_dataset(10_000, seed=0)

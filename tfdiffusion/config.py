@@ -145,6 +145,9 @@ def _check_one_of(config, key, choices, expectation=None):
 
 def validate_config(config):
     """Checks the values a user can type; raises ConfigError naming the first bad one."""
+    if "distill" in config:
+        raise ConfigError("This is a distillation config (it has a distill section): run it with tools/distill.py. "
+                          "Received: a config with sections " + ", ".join(sorted(config.keys())))
     _check_one_of(config, "network", NETWORK_NAMES)
     _check_int(config, "seed", 0)
     _check_one_of(config, "diffusion.name", SCHEDULE_NAMES)
@@ -331,6 +334,9 @@ def validate_distill_config(config):
     initial_steps / final_steps must be a power of two ≥ 2 (each round halves the steps); that
     initial_steps is at most the teacher's T is checked where the teacher is loaded.
     """
+    if "distill" not in config:
+        raise ConfigError("This is a training config (it has no distill section): run it with tools/train.py. "
+                          "Received: a config with sections " + ", ".join(sorted(config.keys())))
     distill = config.distill
     _check_int(config, "seed", 0)
     _require(lambda: isinstance(distill.teacher, str) and distill.teacher, "distill.teacher", distill.teacher,
