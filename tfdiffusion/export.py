@@ -626,11 +626,9 @@ def run_fixed_plan(model, plan, x_T, step_noise=None, labels=None, guidance_scal
 
 def fixed_noise(plan, shape, seed):
     """(x_T, step_noise) as `DiffusionModel.generate` draws them: x_T from [seed, 0], step i's z from [seed, i + 1]."""
-    seed = tf.cast(seed, tf.int64)
-    x_T = tf.random.stateless_normal(shape, tf.stack([seed, tf.constant(0, tf.int64)]))
-    draws = [tf.random.stateless_normal(shape, tf.stack([seed, tf.constant(k, tf.int64)])) for k in plan.noise_seeds]
+    x_T = samplers.noise_draw(shape, seed, 0)
+    draws = [samplers.noise_draw(shape, seed, k) for k in plan.noise_seeds]
     return x_T, (tf.stack(draws) if draws else None)
-
 
 
 def fixed_input_specs(model, plan, batch_size):

@@ -311,6 +311,11 @@ class Solver(typing.NamedTuple):
     loop_timesteps: typing.Callable = lambda timesteps: timesteps
 
 
+def noise_draw(shape, seed, index, dtype=tf.float32):
+    """The sampler's noise stream: draw 0 is x_T, draw i + 1 the noise of loop iteration i (module docstring)."""
+    return tf.random.stateless_normal(shape, tf.stack([tf.cast(seed, tf.int64), tf.cast(index, tf.int64)]), dtype=dtype)
+
+
 def _ddpm(x, x0, eps, alpha_bar_t, alpha_bar_prev, noise, state, options):
     return ddpm_step(x, x0, eps, alpha_bar_t, alpha_bar_prev, noise, options["ddpm_variance"]), state
 
@@ -613,7 +618,7 @@ def _reverse_loop(solver, denoise_fn, alpha_bar_table, x_T, timesteps, seed, lab
             eps = eps_from_x0(x, x0, alpha_bar_t)
         noise = None
         if solver.stochastic:
-            noise = tf.random.stateless_normal(tf.shape(x), tf.stack([seed, tf.cast(i, tf.int64) + 1]), dtype=x.dtype)
+            noise = noise_draw(tf.shape(x), seed, tf.cast(i, tf.int64) + 1, x.dtype)
             noise = noise * tf.cast(t_prev >= 0, x.dtype)
         x, state = solver.step(x, x0, eps, alpha_bar_t, alpha_bar_prev, noise, state, dict(options, index=i, num_steps=n))
         if after_step is not None:
@@ -678,7 +683,7 @@ def reverse_process(denoise_fn, diffusion, shape, *, seed, num_steps, sampler="d
     Returns x_0, or (x_0, trajectory).
     """
     if x_T is None:
-        x_T = tf.random.stateless_normal(shape, tf.stack([tf.cast(seed, tf.int64), tf.constant(0, tf.int64)]))
+        x_T = noise_draw(shape, seed, 0)
     x_T = opaque(x_T, tf.float32, batched=True)
     labels = None if labels is None else opaque(labels, tf.int32, batched=True)
     seed, num_steps = opaque(seed, tf.int64), opaque(num_steps, tf.int32)
