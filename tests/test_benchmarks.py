@@ -31,6 +31,13 @@ def run_python(args, *, timeout=300, **kwargs):
                           **kwargs)
 
 
+def run_ok(args, **kwargs):
+    """`run_python` of a command that must succeed (its stderr's tail shown when it does not)."""
+    result = run_python(args, **kwargs)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 def json_lines(stdout):
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
@@ -60,8 +67,7 @@ def test_every_tensorflow_script_imports_and_defines_its_flags():
         "    for flag in defined:\n"
         "        delattr(flags.FLAGS, flag)\n"
     )
-    result = run_python(["-c", code], timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_ok(["-c", code], timeout=300)
     rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()}
     assert set(rows) == set(TENSORFLOW_SCRIPTS), result.stdout
     scripts = {name: values for name, values in rows.items() if name != "peers.py"}  # peers.py is a module
@@ -70,10 +76,9 @@ def test_every_tensorflow_script_imports_and_defines_its_flags():
 
 def test_train_throughput_smoke(tmp_path):
     markdown = tmp_path / "bench.md"
-    result = run_python(["benchmarks/train_throughput.py", "--network=seed_unet", "--batch_size=2", "--cache_batches=1",
-                         "--warmup_steps=0", "--timed_steps=1", "--repeats=1", "--extra_repeats=0",
-                         f"--markdown={markdown}"])
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_ok(["benchmarks/train_throughput.py", "--network=seed_unet", "--batch_size=2", "--cache_batches=1",
+                     "--warmup_steps=0", "--timed_steps=1", "--repeats=1", "--extra_repeats=0",
+                     f"--markdown={markdown}"])
     summary = json_lines(result.stdout)[-1]
     assert summary["event"] == "summary" and summary["params"] == 2_020_353, summary
     assert summary["images_per_s"] > 0 and summary["precision"] == "float32", summary
@@ -82,10 +87,9 @@ def test_train_throughput_smoke(tmp_path):
 
 
 def test_sampling_smoke_in_bfloat16(tmp_path):
-    result = run_python(["benchmarks/sampling.py", "--sampler=dpmpp_2m", "--num_steps=2", "--batch_size=1",
-                         "--modes=inprocess,eager", "--precision=mixed_bfloat16", "--repeats=1", "--extra_repeats=0",
-                         "--markdown="])
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_ok(["benchmarks/sampling.py", "--sampler=dpmpp_2m", "--num_steps=2", "--batch_size=1",
+                     "--modes=inprocess,eager", "--precision=mixed_bfloat16", "--repeats=1", "--extra_repeats=0",
+                     "--markdown="])
     summary = json_lines(result.stdout)[-1]
     assert summary["precision"] == "mixed_bfloat16" and summary["inprocess_s"] > 0, summary
     # The eager loop draws the same samples as the compiled one, up to bf16 round-off.
@@ -94,10 +98,9 @@ def test_sampling_smoke_in_bfloat16(tmp_path):
 
 def test_sampler_accuracy_smoke(tmp_path):
     output = tmp_path / "accuracy.md"
-    result = run_python(["benchmarks/sampler_accuracy.py", "--toys=gaussian", "--nfe=3,10", "--samplers=ddim,heun",
-                         "--spacings=logsnr", "--num_samples=64", "--num_stochastic_samples=64", "--json",
-                         f"--output={output}"])
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_ok(["benchmarks/sampler_accuracy.py", "--toys=gaussian", "--nfe=3,10", "--samplers=ddim,heun",
+                     "--spacings=logsnr", "--num_samples=64", "--num_stochastic_samples=64", "--json",
+                     f"--output={output}"])
     cells = {(r["kind"], r["sampler"], r["nfe_budget"]): r for r in json_lines(result.stdout)}
     # NFE as they ran: Heun's 2·n − 1 fits 3 evaluations with 2 steps, 10 with 5 (9 evaluations).
     assert (cells["ode_error", "heun", 3]["steps"], cells["ode_error", "heun", 10]["nfe"]) == (2, 9), cells
@@ -122,15 +125,13 @@ print(evaluation.train_classifier(str(root / 'classifier'), 'mnist', idx_dir=str
 
 def test_sampler_quality_smoke(tmp_path):
     # An untrained tiny model (T = 20) and a one-epoch classifier of IDX bands: the plumbing, not the numbers.
-    setup = run_python(["-c", SAMPLER_QUALITY_SETUP, str(tmp_path)])
-    assert setup.returncode == 0, setup.stderr[-3000:]
+    setup = run_ok(["-c", SAMPLER_QUALITY_SETUP, str(tmp_path)])
     report = tmp_path / "quality.md"
-    result = run_python(["benchmarks/sampler_quality.py", "--mode=fid,inpaint,img2img", f"--workdir={tmp_path / 'run'}",
-                         f"--classifier={setup.stdout.split()[-1]}", f"--idx_dir={tmp_path / 'idx'}",
-                         "--samplers=ddim,heun", "--spacings=uniform", "--nfe=3", "--reference=ddpm:4",
-                         "--num_samples=8", "--batch_size=8", "--edit_sampler=ddpm:2:uniform", "--num_images=4",
-                         "--strengths=0,1", f"--report={report}", f"--figure_dir={tmp_path / 'figures'}"])
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_ok(["benchmarks/sampler_quality.py", "--mode=fid,inpaint,img2img", f"--workdir={tmp_path / 'run'}",
+                     f"--classifier={setup.stdout.split()[-1]}", f"--idx_dir={tmp_path / 'idx'}",
+                     "--samplers=ddim,heun", "--spacings=uniform", "--nfe=3", "--reference=ddpm:4",
+                     "--num_samples=8", "--batch_size=8", "--edit_sampler=ddpm:2:uniform", "--num_images=4",
+                     "--strengths=0,1", f"--report={report}", f"--figure_dir={tmp_path / 'figures'}"])
     rows = json_lines(result.stdout)
     fid = {row["sampler"]: row for row in rows if "fid" in row}
     assert {s: (r["num_steps"], r["nfe"]) for s, r in fid.items()} == {"ddpm": (4, 4), "ddim": (3, 3), "heun": (2, 3)}
@@ -166,9 +167,8 @@ def test_summarize_run_forms_the_ratios_and_targets(tmp_path):
     ]
     jsonl = tmp_path / "run.jsonl"
     jsonl.write_text("not json\n" + "".join(json.dumps(r) + "\n" for r in records))
-    result = run_python(["benchmarks/summarize_run.py", f"--jsonl={jsonl}", f"--markdown={tmp_path / 'bench.md'}"],
-                        timeout=60)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_ok(["benchmarks/summarize_run.py", f"--jsonl={jsonl}", f"--markdown={tmp_path / 'bench.md'}"],
+                    timeout=60)
     metrics = {r["metric"]: r for r in json_lines(result.stdout)}
     assert metrics["seed_unet / plain_keras_port (float32)"]["value"] == pytest.approx(1.2)
     assert metrics["seed_unet / plain_keras_port (float32)"]["met"] is True
@@ -220,8 +220,7 @@ print(keras_net.count_params(), peers_torch.count_params(network), float(np.max(
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="PyTorch is not installed")
 def test_pytorch_port_computes_the_seed_unet():
     # Same weights, same inputs: the independent port must be the network it is compared with.
-    result = run_python(["-c", PORT_CHECK], timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_ok(["-c", PORT_CHECK], timeout=300)
     keras_params, torch_params, max_abs_diff, max_abs_output = result.stdout.split()[-4:]
     assert int(keras_params) == int(torch_params) == 2_020_353
     assert float(max_abs_diff) <= 1e-4 * max(1.0, float(max_abs_output)), result.stdout
@@ -229,10 +228,9 @@ def test_pytorch_port_computes_the_seed_unet():
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="PyTorch is not installed")
 def test_pytorch_peer_smoke(tmp_path):
-    result = run_python(["benchmarks/peers_torch.py", "--precision=bf16_autocast", "--batch_size=2", "--cache_batches=1",
-                         "--warmup_steps=1", "--timed_steps=2", "--repeats=1", "--extra_repeats=0", "--markdown="],
-                        timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_ok(["benchmarks/peers_torch.py", "--precision=bf16_autocast", "--batch_size=2", "--cache_batches=1",
+                     "--warmup_steps=1", "--timed_steps=2", "--repeats=1", "--extra_repeats=0", "--markdown="],
+                    timeout=120)
     summary = json_lines(result.stdout)[-1]
     assert summary["network"] == "pytorch_port" and summary["params"] == 2_020_353, summary
     assert "torch" in summary["machine"] and "tensorflow" not in summary["machine"], summary["machine"]
