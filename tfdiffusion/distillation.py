@@ -280,8 +280,7 @@ def run_round(config, round_dir, index, teacher_path, examples):
                      student.distilled_steps, start_step, steps, round_dir)
         batches = examples.batches(config.data.batch_size, seed=seed, start_step=start_step,
                                    with_labels=student.num_classes is not None)
-        if student.data_range is not None:
-            student.check_first_batch(batches)
+        student.check_first_batch(batches)
         final_loss = training.keras_fit_loop(
             distiller, batches, start_step=start_step, total_steps=steps,
             checkpoint_every=config.train.checkpoint_every, log_every=config.train.log_every, manager=manager,

@@ -132,8 +132,9 @@ class DiffusionModel(keras.Model):
                              f"Received: distilled_steps={distilled_steps!r}")
         self.distilled_steps = None if distilled_steps is None else int(distilled_steps)
         # A distilled model samples on its grid: the process respaced there, whose every step is one of the grid.
-        self.sampling_diffusion = diffusion if distilled_steps is None else _respaced_diffusion(
-            diffusion, distilled_timesteps(diffusion.num_timesteps, self.distilled_steps)[1:])
+        self._grid = None if distilled_steps is None else distilled_timesteps(diffusion.num_timesteps,
+                                                                              self.distilled_steps)[1:]
+        self.sampling_diffusion = diffusion if self._grid is None else _respaced_diffusion(diffusion, self._grid)
         self.num_classes = getattr(network, "num_classes", None)
         self.data_shape = None
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -308,15 +309,17 @@ class DiffusionModel(keras.Model):
         """
         if isinstance(x, tf.data.Dataset):
             kwargs.setdefault("shuffle", False)
-        if self.data_range is not None:  # images; a toy's model space is unbounded
-            self.check_first_batch(x)
+        self.check_first_batch(x)
         return super().fit(x, *args, **kwargs)
 
     def check_first_batch(self, x):
         """Raises ValueError when the first batch of `x` (a Dataset or an array) leaves [−1, 1].
 
         Names the observed min and max; pixels left in 0–255 would otherwise train without error.
+        Only image models are checked (`data_range` set): a toy's model space is unbounded.
         """
+        if self.data_range is None:
+            return
         if isinstance(x, tf.data.Dataset):
             x = next(iter(x.take(1)), None)
         if x is None:
@@ -409,9 +412,9 @@ class DiffusionModel(keras.Model):
 
     def _sampling_denoiser(self, guidance_scale):
         """`denoise` at the timesteps of `sampling_diffusion`: index j of a distilled model's is its grid's g_{j+1}."""
-        if self.distilled_steps is None:
+        if self._grid is None:
             return lambda x, t, y: self.denoise(x, t, y, guidance_scale)
-        grid = tf.constant(distilled_timesteps(self.diffusion.num_timesteps, self.distilled_steps)[1:], tf.int32)
+        grid = tf.constant(self._grid, tf.int32)
         return lambda x, t, y: self.denoise(x, tf.gather(grid, t), y, guidance_scale)
 
     def _sampling_function(self, kind, data_space):

@@ -126,8 +126,7 @@ def _run_loop(model, strategy, examples, config, manager, start_step, workdir, c
     if config.train.strategy == "multi_worker":
         if callbacks:
             raise ValueError(f"The multi-worker loop takes no Keras callbacks. Received: callbacks={list(callbacks)}")
-        if model.data_range is not None:  # `fit` checks its own first batch
-            model.check_first_batch(batches(start_step))
+        model.check_first_batch(batches(start_step))  # `fit` checks its own; this loop does not call fit
         return custom_loop(model, strategy, batches, batch_size=config.data.batch_size, **schedule)
     return keras_fit_loop(model, batches(start_step), verbose=config.train.verbose, sample_every=config.train.sample_every,
                           sample=config.sample.to_dict(), callbacks=callbacks, **schedule)
