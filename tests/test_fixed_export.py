@@ -17,6 +17,7 @@ import json
 import math
 import os
 import pathlib
+import stat
 import subprocess
 import sys
 
@@ -28,7 +29,7 @@ from PIL import Image
 from tensorflow.core.protobuf import saved_model_pb2
 
 from test_export import NUM_CLASSES, SERVE_SCRIPT, T, H, W, _env, _make_model
-from tfdiffusion import export
+from tfdiffusion import checkpoints, export
 from tfdiffusion.diffusion import GaussianDiffusion
 from tfdiffusion.schedules import make_betas
 
@@ -422,3 +423,16 @@ def test_tool_writes_fixed_and_tflite_exports(models, tmp_path):
     assert result.stdout.strip().splitlines()[-1] == str(tflite) and tflite.stat().st_size > 0
     assert f"python tools/sample_tflite.py --model={tflite}" in result.stdout
     assert (base / "models.config").read_text() == config  # a TFLite file is not for TF Serving
+
+
+def test_export_directories_get_the_umask_s_mode_not_a_private_one(tmp_path):
+    """A version directory must be readable by a server running as another user (mkdtemp would make it 0700)."""
+    previous = os.umask(0o022)
+    try:
+        with checkpoints.atomic_path(str(tmp_path / "1"), directory=True) as temporary:
+            with open(os.path.join(temporary, "saved_model.pb"), "wb") as f:
+                f.write(b"x")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "1").stat().st_mode) == 0o755
+    assert [p.name for p in tmp_path.iterdir()] == ["1"]

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 
 import numpy as np
 from absl import logging
@@ -40,10 +41,9 @@ def atomic_path(path, *, directory=False, overwrite=True):
     os.makedirs(parent, exist_ok=True)
     stem, dot, suffix = name.partition(".")
     if directory:
-        temporary = tempfile.mkdtemp(prefix=f".{name}.partial-", dir=parent)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o777 & ~umask)  # mkdtemp's 0700 would hide an export from a server run as another user
+        # os.mkdir applies the umask (mkdtemp's 0700 would hide an export from a server run as another user).
+        temporary = os.path.join(parent, f".{name}.partial-{uuid.uuid4().hex[:12]}")
+        os.mkdir(temporary)
     else:
         descriptor, temporary = tempfile.mkstemp(prefix=f".{stem}.partial-", suffix=dot + suffix, dir=parent)
         os.close(descriptor)
