@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from test_training import write_idx_mnist
 from training_runs import checkpoint_arrays
-from tfdiffusion import analytic, builders, distillation, export, layers, samplers, schedules, training
+from tfdiffusion import analytic, builders, distillation, export, layers, precision, samplers, schedules, training
 from tfdiffusion import config as config_lib
 from tfdiffusion.diffusion import PREDICTION_TYPES, GaussianDiffusion, eps_from_x0
 from tfdiffusion.model import DiffusionModel, distilled_timesteps
@@ -184,6 +184,13 @@ def test_tiny_rounds_write_students_of_halved_step_counts(distilled):
         assert np.isfinite(summary["rounds"][index - 1]["final_loss"])
     final = builders.load_model(workdir / "model.keras")
     assert final.distilled_steps == 2 and final.get_config()["distilled_steps"] == 2
+
+
+def test_rounds_compute_in_the_precision_auto_resolves_to_and_record_it(distilled):
+    workdir, summary = distilled
+    policy, reason = precision.resolve_precision("auto")
+    assert [(r["mixed_precision"], r["mixed_precision_reason"]) for r in summary["rounds"]] == [(policy, reason)] * 2
+    assert builders.load_model(workdir / "model.keras").network.dtype_policy.name == policy
 
 
 def test_distilled_model_samples_by_ddim_on_its_grid_and_refuses_another_step_count(distilled):

@@ -309,8 +309,8 @@ def base_distill_config():
         "data": config.data.to_dict(),
         "optimizer": config.optimizer.to_dict(),
         "train": {key: config.train[key] for key in ("checkpoint_every", "log_every", "keep_checkpoints", "jit_compile",
-                                                     "steps_per_execution", "deterministic", "allow_config_change",
-                                                     "verbose")},
+                                                     "steps_per_execution", "mixed_precision", "deterministic",
+                                                     "allow_config_change", "verbose")},
         "sample": {"num_samples": 16, "seed": 0},
     })
 
@@ -348,6 +348,7 @@ def validate_distill_config(config):
              f"config.distill.initial_steps={initial} halved one or more times")
     steps = _check_int(config, "distill.steps_per_round", 1)
     _check_one_of(config, "distill.prediction_type", PREDICTION_TYPES)
+    _check_one_of(config, "train.mixed_precision", PRECISIONS)
     _validate_data(config)
     _validate_optimizer(config)
     _require(lambda: config.optimizer.warmup_steps < steps, "optimizer.warmup_steps", config.optimizer.warmup_steps,

@@ -49,7 +49,7 @@ from absl import logging
 
 from tfdiffusion import builders, checkpoints, reports, samplers, training
 from tfdiffusion import config as config_lib
-from tfdiffusion.model import DiffusionModel, distilled_timesteps
+from tfdiffusion.model import DiffusionModel, distilled_timesteps, guarded_train_step
 
 MODEL_FILE = "model.keras"
 
@@ -171,11 +171,7 @@ class ProgressiveDistiller(keras.Model):
         noise = tf.random.stateless_normal(tf.shape(x0), noise_seed, dtype=x0.dtype)
         if labels is None or self.student.num_classes is None:
             return timesteps, noise, None
-        labels = tf.cast(labels, tf.int32)
-        if self.student.label_dropout > 0:
-            dropped = tf.random.stateless_uniform(batch, drop_seed) < self.student.label_dropout
-            labels = tf.where(dropped, self.student.num_classes, labels)
-        return timesteps, noise, labels
+        return timesteps, noise, self.student.drop_labels(labels, drop_seed, batch)
 
     def batch_loss(self, x0, labels, step, training=False):
         """`distillation_loss` of one batch of data at optimizer step `step`."""
@@ -190,16 +186,7 @@ class ProgressiveDistiller(keras.Model):
 
     def train_step(self, data):
         x0, labels = data if isinstance(data, tuple) else (data, None)
-        with tf.GradientTape() as tape:
-            loss = self.batch_loss(x0, labels, self.optimizer.iterations, training=True)
-        gradients = tape.gradient(loss, self.trainable_variables)
-        finite = tf.math.is_finite(loss)
-        # As in `DiffusionModel.train_step`: a non-finite loss never reaches the weights.
-        gradients = [tf.where(finite, g, tf.zeros_like(g)) for g in gradients]
-        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
-        self.nonfinite_tracker.update_state(1.0 - tf.cast(finite, tf.float32))
-        self.loss_tracker.update_state(tf.where(finite, loss, 0.0))
-        return {m.name: m.result() for m in self.metrics}
+        return guarded_train_step(self, lambda: self.batch_loss(x0, labels, self.optimizer.iterations, training=True))
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -261,7 +248,12 @@ def distill(config, workdir):
 
 def run_round(config, round_dir, index, teacher_path, examples):
     """Round `index`: trains (or resumes) the student of the teacher at `teacher_path` in `round_dir`."""
-    teacher = builders.load_model(teacher_path, compile=False)
+    # Teacher and student compute under the resolved policy whatever the teacher was saved with (a teacher
+    # trained in mixed_bfloat16 on an AMX machine would otherwise run at half speed on a CPU without AMX).
+    teacher, policy, reason = builders.load_model(teacher_path, compile=False).inference_model(
+        config.train.mixed_precision)
+    logging.info("Round %d computes in %s (config.train.mixed_precision=%r: %s)", index, policy,
+                 config.train.mixed_precision, reason)
     teacher_steps = teacher.distilled_steps or config.distill.initial_steps
     student = make_student(teacher, teacher_steps // 2, config.distill.prediction_type)
     seed = round_seed(config.seed, index)
@@ -292,7 +284,8 @@ def run_round(config, round_dir, index, teacher_path, examples):
                           num_steps=student.distilled_steps)
     record = {"round": index, "teacher_steps": teacher_steps, "student_steps": student.distilled_steps,
               "grid": distilled_timesteps(student.diffusion.num_timesteps, student.distilled_steps).tolist(),
-              "steps": steps, "resumed_from": start_step, "final_loss": final_loss, "seconds": time.time() - started}
+              "steps": steps, "resumed_from": start_step, "final_loss": final_loss, "seconds": time.time() - started,
+              "mixed_precision": policy, "mixed_precision_reason": reason}
     checkpoints.atomic_write_json(os.path.join(round_dir, "round.json"), record)
     # Written last: its presence marks the round done.
     with checkpoints.atomic_path(os.path.join(round_dir, MODEL_FILE)) as temporary:

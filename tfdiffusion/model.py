@@ -43,6 +43,31 @@ def _num_replicas():
     return tf.distribute.get_strategy().num_replicas_in_sync
 
 
+def guarded_train_step(model, compute_loss):
+    """One optimizer step of `model` on the loss `compute_loss()`; returns the metrics' results.
+
+    A non-finite loss must not reach the weights: its gradients are replaced by zeros (a conditional
+    apply would break the all-reduce under tf.distribute), the step is counted in
+    `model.nonfinite_tracker`, and `StopOnNonFiniteLoss` (or the training binary) stops with an error.
+    `model` has `loss_tracker` and `nonfinite_tracker`, and `skipped_tracker` when its optimizer may
+    be a `LossScaleOptimizer`.
+    """
+    with tf.GradientTape() as tape:
+        loss = compute_loss()
+        # Gradients are summed over replicas, so each replica contributes 1/R of the mean.
+        scaled_loss = model.optimizer.scale_loss(loss / _num_replicas())
+    gradients = tape.gradient(scaled_loss, model.trainable_variables)
+    finite = tf.math.is_finite(loss)
+    gradients = [tf.where(finite, g, tf.zeros_like(g)) for g in gradients]
+    if isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer):
+        overflow = tf.logical_not(tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients]))
+        model.skipped_tracker.update_state(tf.cast(overflow, tf.float32))
+    model.optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+    model.nonfinite_tracker.update_state(1.0 - tf.cast(finite, tf.float32))
+    model.loss_tracker.update_state(tf.where(finite, loss, 0.0))
+    return {m.name: m.result() for m in model.metrics}
+
+
 @keras.saving.register_keras_serializable(package="tfdiffusion")
 class DiffusionModel(keras.Model):
     """A denoising diffusion model trained with `fit` and sampled with `generate`.
@@ -282,14 +307,21 @@ class DiffusionModel(keras.Model):
         T = self.diffusion.num_timesteps
         t = tf.gather(tf.random.stateless_uniform(global_shape[:1], t_seed, minval=0, maxval=T, dtype=tf.int32), rows)
         noise = tf.gather(tf.random.stateless_normal(global_shape, noise_seed, dtype=x0.dtype), rows)
-        if labels is not None and self.num_classes is not None:
-            labels = tf.cast(labels, tf.int32)
-            if self.label_dropout > 0:
-                dropped = tf.gather(tf.random.stateless_uniform(global_shape[:1], drop_seed), rows) < self.label_dropout
-                labels = tf.where(dropped, self.num_classes, labels)
-        elif self.num_classes is None:
-            labels = None
-        return t, noise, labels
+        if self.num_classes is None or labels is None:
+            return t, noise, None
+        return t, noise, self.drop_labels(labels, drop_seed, global_shape[:1], rows)
+
+    def drop_labels(self, labels, seed, global_batch, rows=None):
+        """`labels` with each replaced by the null class with probability `label_dropout` (classifier-free
+        guidance training, Ho & Salimans 2022); the uniforms are drawn from `seed` for `global_batch` examples
+        and `rows` of them taken (all when None)."""
+        labels = tf.cast(labels, tf.int32)
+        if self.label_dropout == 0:
+            return labels
+        uniforms = tf.random.stateless_uniform(global_batch, seed)
+        if rows is not None:
+            uniforms = tf.gather(uniforms, rows)
+        return tf.where(uniforms < self.label_dropout, self.num_classes, labels)
 
     def compute_diffusion_loss(self, x0, labels, step, training=False):
         """The weighted MSE of one batch (the loss `fit` reports)."""
@@ -329,23 +361,8 @@ class DiffusionModel(keras.Model):
 
     def train_step(self, data):
         x0, labels = self._unpack(data)
-        with tf.GradientTape() as tape:
-            loss = self.compute_diffusion_loss(x0, labels, self.optimizer.iterations, training=True)
-            # Gradients are summed over replicas, so each replica contributes 1/R of the mean.
-            scaled_loss = self.optimizer.scale_loss(loss / _num_replicas())
-        gradients = tape.gradient(scaled_loss, self.trainable_variables)
-        finite = tf.math.is_finite(loss)
-        # A non-finite loss must not reach the weights: its gradients are replaced by zeros
-        # (a conditional apply would break the all-reduce under tf.distribute), the step is
-        # counted, and `StopOnNonFiniteLoss` (or the training binary) stops with an error.
-        gradients = [tf.where(finite, g, tf.zeros_like(g)) for g in gradients]
-        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
-            overflow = tf.logical_not(tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients]))
-            self.skipped_tracker.update_state(tf.cast(overflow, tf.float32))
-        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
-        self.nonfinite_tracker.update_state(1.0 - tf.cast(finite, tf.float32))
-        self.loss_tracker.update_state(tf.where(finite, loss, 0.0))
-        return {m.name: m.result() for m in self.metrics}
+        return guarded_train_step(self, lambda: self.compute_diffusion_loss(x0, labels, self.optimizer.iterations,
+                                                                            training=True))
 
     def test_step(self, data):
         x0, labels = self._unpack(data)
