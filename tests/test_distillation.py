@@ -186,6 +186,20 @@ def test_tiny_rounds_write_students_of_halved_step_counts(distilled):
     assert final.distilled_steps == 2 and final.get_config()["distilled_steps"] == 2
 
 
+def test_the_rounds_figure_shows_teacher_and_students_from_the_same_noise(distilled, teacher_workdir):
+    workdir, _ = distilled
+    assert (workdir / "rounds.png").stat().st_size > 500
+    rows = distillation.rounds_figure(str(teacher_workdir / "model.keras"), 8,
+                                      [str(workdir / f"round_{i}" / "model.keras") for i in (1, 2)],
+                                      str(workdir / "again.png"), num_images=4, seed=3)
+    assert list(rows) == ["teacher 8", "student 4", "student 2"]
+    final = builders.load_model(workdir / "model.keras")
+    np.testing.assert_array_equal(rows["student 2"], final.generate(4, seed=3))
+    # The teacher row is the teacher's DDIM on the 8-step grid it was distilled on.
+    teacher = distillation.make_student(builders.load_model(teacher_workdir / "model.keras"), 8)
+    np.testing.assert_array_equal(rows["teacher 8"], teacher.generate(4, seed=3))
+
+
 def test_rounds_compute_in_the_precision_auto_resolves_to_and_record_it(distilled):
     workdir, summary = distilled
     policy, reason = precision.resolve_precision("auto")

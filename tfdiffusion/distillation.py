@@ -47,7 +47,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tfdiffusion import builders, checkpoints, reports, samplers, training
+from tfdiffusion import builders, checkpoints, plots, reports, samplers, training
 from tfdiffusion import config as config_lib
 from tfdiffusion.model import DiffusionModel, distilled_timesteps, guarded_train_step
 
@@ -240,10 +240,35 @@ def distill(config, workdir):
         teacher_path = os.path.join(round_dir, MODEL_FILE)
     with checkpoints.atomic_path(os.path.join(workdir, MODEL_FILE)) as temporary:
         shutil.copyfile(teacher_path, temporary)
+    rounds_figure(config_lib.distill_teacher_path(config.distill.teacher), config.distill.initial_steps,
+                  [os.path.join(workdir, f"round_{r['round']}", MODEL_FILE) for r in rounds],
+                  os.path.join(workdir, "rounds.png"), num_images=config.sample.num_samples, seed=config.sample.seed)
     summary = {"name": config.name, "final_steps": config.distill.final_steps, "rounds": rounds}
     checkpoints.atomic_write_json(os.path.join(workdir, "summary.json"), summary)
     logging.info("Done: %s", summary)
     return summary
+
+
+def rounds_figure(teacher_path, teacher_steps, student_paths, path, *, num_images=8, seed=0):
+    """One row per model from the same x_T: the teacher's DDIM in `teacher_steps`, then each student in its own
+    steps (DDIM is deterministic given x_T, so each row shows what its round kept of the teacher's map
+    x_T → x_0). Class-conditional models cycle through the classes. Returns {row title: images}.
+
+    The teacher row is the teacher on the grid it was distilled on (`make_student(teacher, teacher_steps)`
+    samples there), not on the default spacing's timesteps."""
+    teacher = builders.load_model(teacher_path, compile=False)
+    # On the grid it was distilled on (`distilled_timesteps`), not the default spacing's.
+    models = {f"teacher {teacher_steps}": teacher if teacher.distilled_steps else make_student(teacher, teacher_steps)}
+    for student_path in student_paths:
+        student = builders.load_model(student_path, compile=False)
+        models[f"student {student.distilled_steps}"] = student
+    rows = {title: model.generate(num_images, seed=seed, labels=None if model.num_classes is None else
+                                  np.arange(num_images) % model.num_classes) for title, model in models.items()}
+    with checkpoints.atomic_path(path) as temporary:
+        plots.save_image_grid(np.concatenate(list(rows.values())), temporary, columns=num_images,
+                              labels=np.repeat(list(rows), num_images),
+                              title=f"DDIM steps, the same x_T in every row (seed {seed})")
+    return rows
 
 
 def run_round(config, round_dir, index, teacher_path, examples):
