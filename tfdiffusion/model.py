@@ -374,7 +374,7 @@ class DiffusionModel(keras.Model):
     # -- sampling --------------------------------------------------------------------------------
     def sample_model_space(self, num_samples, *, seed=0, sampler=None, num_steps=None, eta=0.0, labels=None,
                            guidance_scale=None, trajectory_every=None, ddpm_variance="beta_tilde", clip_denoised=False,
-                           spacing=samplers.DEFAULT_SPACING, init_images=None, strength=None, mask=None):
+                           spacing=samplers.DEFAULT_SPACING, init_images=None, strength=None, mask=None, jumps=None):
         """The reverse process on `denoise` in model space; tensors in, tensors out, not validated.
 
         Arguments are those of `generate` (Python values or tensors; `sampler` and `spacing` may be
@@ -389,7 +389,7 @@ class DiffusionModel(keras.Model):
         if tf.executing_eagerly():
             function = self._sampling_function(
                 (sampler, spacing, trajectory_every, labels is not None, guidance_scale is not None, ddpm_variance,
-                 clip_denoised, init_images is not None, mask is not None), data_space=False)
+                 clip_denoised, init_images is not None, mask is not None, jumps), data_space=False)
             return function(*_request_tensors(num_samples, seed, num_steps, eta, labels, guidance_scale, init_images,
                                               strength, mask))
         if guidance_scale is not None:  # an input of the graph like the driver's, see `samplers.opaque`
@@ -399,7 +399,7 @@ class DiffusionModel(keras.Model):
             self._sampling_denoiser(guidance_scale), self.sampling_diffusion, shape, seed=seed, num_steps=num_steps,
             sampler=sampler, spacing=spacing, eta=eta, labels=labels, ddpm_variance=ddpm_variance,
             clip_denoised=clip_denoised, trajectory_every=trajectory_every, init_images=init_images, strength=strength,
-            mask=mask)
+            mask=mask, jumps=jumps)
 
     def sample_data_space(self, num_samples, *, init_images=None, strength=None, mask=None, **request):
         """`sample_model_space` mapped to data space, in a graph (the body of `generate` and of the export).
@@ -438,17 +438,17 @@ class DiffusionModel(keras.Model):
         """The compiled sampler of one kind of request, cached (tensor arguments do not retrace).
 
         kind: (sampler, spacing, trajectory_every, conditional, guided, ddpm_variance, clip_denoised,
-        editing, inpainting).
+        editing, inpainting, jumps).
         """
         key = kind + (data_space,)
         if key not in self._sample_functions:
-            sampler, spacing, trajectory_every, _, _, ddpm_variance, clip_denoised, _, _ = kind
+            sampler, spacing, trajectory_every, _, _, ddpm_variance, clip_denoised, _, _, jumps = kind
 
             def run(num_samples, seed, num_steps, eta, labels, guidance_scale, init_images, strength, mask):
                 request = dict(seed=seed, sampler=sampler, spacing=spacing, num_steps=num_steps, eta=eta, labels=labels,
                                guidance_scale=guidance_scale, trajectory_every=trajectory_every,
                                ddpm_variance=ddpm_variance, clip_denoised=clip_denoised, init_images=init_images,
-                               strength=strength, mask=mask)
+                               strength=strength, mask=mask, jumps=jumps)
                 sample = self.sample_data_space if data_space else self.sample_model_space
                 return sample(num_samples, **request)
 
@@ -471,7 +471,7 @@ class DiffusionModel(keras.Model):
 
     def generate(self, num_samples, seed=0, sampler=None, num_steps=None, eta=0.0, labels=None,
                  guidance_scale=None, trajectory_every=None, ddpm_variance="beta_tilde",
-                 spacing=samplers.DEFAULT_SPACING, init_images=None, strength=None, mask=None):
+                 spacing=samplers.DEFAULT_SPACING, init_images=None, strength=None, mask=None, jumps=None):
         """Draws `num_samples` samples in data space as a NumPy array (one compiled graph), or edits images.
 
         Args are those of `samplers.sample` (a None `sampler` and `num_steps` are `default_request`'s:
@@ -486,6 +486,7 @@ class DiffusionModel(keras.Model):
             starts from (almost) pure noise; default 1 with a mask.
           mask: [num_samples, *data_shape[:-1], 1] (or the images' shape), 1 where init_images is kept
             (exactly) and 0 where it is generated (inpainting).
+          jumps: (jump_length, resamples): RePaint's resampling of an inpainting (`samplers.sample`).
 
         Raises:
           ValueError: an invalid request, naming the argument and its value.
@@ -497,9 +498,11 @@ class DiffusionModel(keras.Model):
         guidance_scale = guidance_scale if self.num_classes is not None else None
         if init_images is not None and strength is None:
             strength = 1.0
+        samplers.validate_jumps(jumps, mask, sampler, trajectory_every)
         function = self._sampling_function(
             (sampler, spacing, trajectory_every, labels is not None, guidance_scale is not None, ddpm_variance, False,
-             init_images is not None, mask is not None), data_space=True)
+             init_images is not None, mask is not None, None if jumps is None else tuple(int(v) for v in jumps)),
+            data_space=True)
         out = function(*_request_tensors(num_samples, seed, num_steps, eta, labels, guidance_scale, init_images,
                                          strength, mask))
         if trajectory_every is None:

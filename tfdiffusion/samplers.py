@@ -38,9 +38,9 @@ eagerly, in `tf.function`, under XLA networks and after export.
 
 Editing (same driver): image-to-image (SDEdit, Meng et al. 2022) starts from q_sample(x_0, t_s, ε)
 with t_s = round(strength·T) − 1 and ε the seed's x_T draw, on the spacing restricted to [0, t_s];
-inpainting (RePaint, Lugmayr et al. 2022, Algorithm 1 without resampling) replaces the known pixels
-(mask = 1) after every step by q_sample of the known image at the step's next noise level, and they
-equal the given image exactly at the end.
+inpainting (RePaint, Lugmayr et al. 2022, Algorithm 1) replaces the known pixels (mask = 1) after
+every step by q_sample of the known image at the step's next noise level, and they equal the given
+image exactly at the end; `jumps=(j, r)` adds RePaint's resampling (§4.2, `_resampling_loop`).
 
 Validation: `sample` (and `DiffusionModel.generate`) check a request's Python values where a Python
 caller enters; the driver `reverse_process` trusts the tensors it is given (the exported signatures
@@ -540,6 +540,21 @@ def validate_edit(shape, init_images=None, strength=None, mask=None):
                          f"{np.unique(values)[:5].tolist()}")
 
 
+def validate_jumps(jumps, mask=None, sampler=None, trajectory_every=None):
+    """Raises ValueError naming `jumps` unless it is None or (jump_length ≥ 1, resamples ≥ 1) for an inpainting
+    request (a mask) of a one-evaluation-per-step sampler without a trajectory."""
+    if jumps is None:
+        return
+    pair = tuple(jumps) if isinstance(jumps, (tuple, list)) else ()
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in pair):
+        raise ValueError(f"jumps must be (jump_length, resamples), two integers >= 1. Received: jumps={jumps!r}")
+    if mask is None:
+        raise ValueError(f"jumps resample an inpainting and need a mask. Received: jumps={jumps!r}, mask=None")
+    if sampler == "heun" or trajectory_every is not None:
+        raise ValueError(f"jumps work with every sampler but heun and without trajectory_every. Received: "
+                         f"jumps={jumps!r}, sampler={sampler!r}, trajectory_every={trajectory_every!r}")
+
+
 def _static_shape(shape):
     if tf.is_tensor(shape):
         static = tf.get_static_value(shape)
@@ -593,6 +608,74 @@ def classifier_free_guidance(predict_fn, guidance_scale, null_label):
 
 
 # -- the driver ----------------------------------------------------------------------------
+def _network_step(solver, denoise_fn, alpha_bar_table, x, state, t, t_prev, seed, iteration, labels, options,
+                  clip_denoised, after_step):
+    """One network evaluation at t and the solver's step to t_prev (−1: the data); returns (x_prev, state).
+
+    The step's noise, if the solver draws one, is the loop iteration's draw (`noise_draw`), zero into the data.
+    """
+    alpha_bar_t = tf.gather(alpha_bar_table, t + 1)
+    alpha_bar_prev = tf.gather(alpha_bar_table, t_prev + 1)
+    x0, eps = (tf.cast(v, x.dtype) for v in denoise_fn(x, tf.fill(tf.shape(x)[:1], t), labels))
+    if clip_denoised:
+        x0 = tf.clip_by_value(x0, -1.0, 1.0)
+        eps = eps_from_x0(x, x0, alpha_bar_t)
+    noise = None
+    if solver.stochastic:
+        noise = noise_draw(tf.shape(x), seed, tf.cast(iteration, tf.int64) + 1, x.dtype)
+        noise = noise * tf.cast(t_prev >= 0, x.dtype)
+    x, state = solver.step(x, x0, eps, alpha_bar_t, alpha_bar_prev, noise, state, options)
+    if after_step is not None:
+        x = after_step(x, alpha_bar_prev, noise)
+    return x, state
+
+
+def _resampling_loop(solver, denoise_fn, alpha_bar_table, x_T, timesteps, seed, labels, options, clip_denoised,
+                     after_step, jump_length, resamples):
+    """`_reverse_loop` with RePaint's resampling jumps (Lugmayr et al. 2022, §4.2, "jump length" j, "resamplings" r).
+
+    Position p = 0..n walks the n timesteps (p = n is the data). Each time the walk down reaches a
+    multiple of j short of the data, it jumps back up j positions, r − 1 times per block, by the forward
+    process q(x_τ(p−j) | x_τ(p)) = N(√(ᾱ_τ(p−j)/ᾱ_τ(p)) x, (1 − ᾱ_τ(p−j)/ᾱ_τ(p)) I) (no network call),
+    and walks the block down again: the generated pixels are re-harmonised with the known ones. A
+    jump restarts a multistep solver's history (its state and its step count, hence its order).
+    Iteration i draws its noise as `_reverse_loop`'s iteration i does.
+    """
+    n = tf.shape(timesteps)[0]
+    jump_length, resamples = tf.constant(jump_length), tf.constant(resamples)
+
+    def timestep(p):
+        return tf.where(p < n, timesteps[tf.minimum(p, n - 1)], -1)
+
+    def body(i, p, repeats, arrived_down, since_restart, x, state):
+        jump = (p % jump_length == 0) & (p > 0) & (p < n) & (repeats < resamples - 1) & arrived_down
+
+        def up():
+            ratio = tf.gather(alpha_bar_table, timestep(p - jump_length) + 1) / tf.gather(alpha_bar_table,
+                                                                                          timestep(p) + 1)
+            noise = noise_draw(tf.shape(x), seed, tf.cast(i, tf.int64) + 1, x.dtype)
+            x_up = _as_dtype(tf.sqrt(ratio), x) * x + _as_dtype(tf.sqrt(1.0 - ratio), x) * noise
+            return (p - jump_length, repeats + 1, tf.constant(False), tf.constant(0), x_up,
+                    solver.initial_state(x_up))
+
+        def down():
+            step_options = dict(options, index=since_restart, num_steps=since_restart + n - p)
+            x_next, next_state = _network_step(solver, denoise_fn, alpha_bar_table, x, state, timestep(p),
+                                               timestep(p + 1), seed, i, labels, step_options, clip_denoised,
+                                               after_step)
+            # Walking on from a block's end after its last resampling starts the next block's count; the
+            # same position reached by a jump (arrived_down false) is the previous block's start and keeps it.
+            finished_block = (p % jump_length == 0) & (p > 0) & arrived_down
+            return (p + 1, tf.where(finished_block, 0, repeats), tf.constant(True), since_restart + 1, x_next,
+                    next_state)
+
+        return (i + 1,) + tf.cond(jump, up, down)
+
+    start = (tf.constant(0), tf.constant(0), tf.constant(0), tf.constant(False), tf.constant(0), x_T,
+             solver.initial_state(x_T))
+    return tf.while_loop(lambda i, p, *_: p < n, body, start, parallel_iterations=1)[5]
+
+
 def _reverse_loop(solver, denoise_fn, alpha_bar_table, x_T, timesteps, seed, labels, options, clip_denoised,
                   trajectory_every, after_step=None):
     """Runs one solver over `timesteps` from x_T; returns x_0, or (x_0, trajectory).
@@ -608,21 +691,10 @@ def _reverse_loop(solver, denoise_fn, alpha_bar_table, x_T, timesteps, seed, lab
     def body(i, x, state, frames):
         t = timesteps[i]
         t_prev = tf.where(i + 1 < n, timesteps[tf.minimum(i + 1, n - 1)], -1)
-        alpha_bar_t = tf.gather(alpha_bar_table, t + 1)
-        alpha_bar_prev = tf.gather(alpha_bar_table, t_prev + 1)
         if trajectory_every is not None:
             frames = tf.cond(tf.equal(i % keep_every, 0), lambda: frames.write(i // keep_every, x), lambda: frames)
-        x0, eps = (tf.cast(v, x.dtype) for v in denoise_fn(x, tf.fill(tf.shape(x)[:1], t), labels))
-        if clip_denoised:
-            x0 = tf.clip_by_value(x0, -1.0, 1.0)
-            eps = eps_from_x0(x, x0, alpha_bar_t)
-        noise = None
-        if solver.stochastic:
-            noise = noise_draw(tf.shape(x), seed, tf.cast(i, tf.int64) + 1, x.dtype)
-            noise = noise * tf.cast(t_prev >= 0, x.dtype)
-        x, state = solver.step(x, x0, eps, alpha_bar_t, alpha_bar_prev, noise, state, dict(options, index=i, num_steps=n))
-        if after_step is not None:
-            x = after_step(x, alpha_bar_prev, noise)
+        x, state = _network_step(solver, denoise_fn, alpha_bar_table, x, state, t, t_prev, seed, i, labels,
+                                 dict(options, index=i, num_steps=n), clip_denoised, after_step)
         return i + 1, x, state, frames
 
     frames = tf.TensorArray(x_T.dtype, size=num_frames if trajectory_every is not None else 0, element_shape=x_T.shape)
@@ -674,11 +746,11 @@ def _keep_known_region(init_images, mask, initial_noise):
 
 def reverse_process(denoise_fn, diffusion, shape, *, seed, num_steps, sampler="ddpm", spacing=DEFAULT_SPACING,
                     eta=0.0, x_T=None, labels=None, ddpm_variance="beta_tilde", clip_denoised=False,
-                    trajectory_every=None, init_images=None, strength=None, mask=None):
+                    trajectory_every=None, init_images=None, strength=None, mask=None, jumps=None):
     """The driver: builds the reverse process in the current graph, trusting its inputs.
 
     Arguments are those of `sample`, as Python values or tensors (`sampler` and `spacing` string
-    tensors pick the solver and the spacing at run time); nothing is validated here. Call it inside a
+    tensors pick the solver and the spacing at run time; `jumps` is Python); nothing is validated here. Call it inside a
     graph (`sample` and `DiffusionModel.sample_model_space` do; eagerly the loop would run op by op).
     Returns x_0, or (x_0, trajectory).
     """
@@ -698,9 +770,12 @@ def reverse_process(denoise_fn, diffusion, shape, *, seed, num_steps, sampler="d
         if mask is not None:
             after_step = _keep_known_region(init_images, opaque(mask, tf.float32, batched=True), x_T)
     timesteps = timestep_sequence(num_steps, diffusion.num_timesteps, spacing, diffusion.alphas_cumprod, top)
-    run = functools.partial(_reverse_loop, denoise_fn=denoise_fn, alpha_bar_table=alpha_bar_table, x_T=x_start,
-                            timesteps=timesteps, seed=seed, labels=labels, options=options,
-                            clip_denoised=clip_denoised, trajectory_every=trajectory_every, after_step=after_step)
+    common = dict(denoise_fn=denoise_fn, alpha_bar_table=alpha_bar_table, x_T=x_start, timesteps=timesteps, seed=seed,
+                  labels=labels, options=options, clip_denoised=clip_denoised, after_step=after_step)
+    if jumps is not None and jumps[1] > 1:
+        run = functools.partial(_resampling_loop, jump_length=jumps[0], resamples=jumps[1], **common)
+    else:
+        run = functools.partial(_reverse_loop, trajectory_every=trajectory_every, **common)
     if isinstance(sampler, str):
         return run(SOLVERS[sampler])
     index = tf.argmax(tf.cast(tf.equal(sampler, tf.constant(list(SOLVERS))), tf.int32), output_type=tf.int32)
@@ -723,7 +798,7 @@ def _python_value(value):
 
 def sample(denoise_fn, diffusion, shape, *, sampler="ddpm", num_steps=None, spacing=DEFAULT_SPACING, eta=0.0,
            seed=0, x_T=None, labels=None, guidance_scale=None, null_label=None, ddpm_variance="beta_tilde",
-           clip_denoised=False, trajectory_every=None, init_images=None, strength=None, mask=None):
+           clip_denoised=False, trajectory_every=None, init_images=None, strength=None, mask=None, jumps=None):
     """Draws samples of `shape` from the reverse process of `diffusion`, or edits `init_images`.
 
     Args:
@@ -753,6 +828,10 @@ def sample(denoise_fn, diffusion, shape, *, sampler="ddpm", num_steps=None, spac
       mask: 1 where init_images is kept, 0 where it is generated, of `shape` or with one channel;
         the kept pixels are replaced after every step (see `_keep_known_region`) and equal
         init_images at the end.
+      jumps: inpainting's resampling (RePaint, Lugmayr et al. 2022, §4.2): (jump_length j, resamples r)
+        walks every block of j steps r times, jumping back up by the forward process in between
+        (`_resampling_loop`; r − 1 extra passes cost (r − 1)·j network evaluations per block). None
+        or r = 1: none. Not with `heun` or `trajectory_every`.
 
     Returns:
       x_0 (float32), or `(x_0, trajectory)` with trajectory [frames, *shape] when
@@ -770,11 +849,12 @@ def sample(denoise_fn, diffusion, shape, *, sampler="ddpm", num_steps=None, spac
     validate_request(diffusion.num_timesteps, **known, **checked, ddpm_variance=ddpm_variance,
                      trajectory_every=trajectory_every)
     validate_edit(shape, init_images, strength, mask)
+    validate_jumps(jumps, mask, known.get("sampler"), trajectory_every)
     request.update(known)
     run = functools.partial(reverse_process, classifier_free_guidance(denoise_fn, guidance_scale, null_label), diffusion,
                             shape, seed=seed, x_T=x_T, labels=labels, ddpm_variance=ddpm_variance,
                             clip_denoised=clip_denoised, trajectory_every=trajectory_every, init_images=init_images,
-                            strength=strength, mask=mask, **request)
+                            strength=strength, mask=mask, jumps=jumps, **request)
     if not tf.executing_eagerly():
         return run()
     # Op by op, the network would round differently from any graph of it: grappler fuses Conv2D +
