@@ -34,6 +34,7 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 250, "Samples per sampler call.
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the first batch (every row uses the same seeds).")
 _EDIT_SAMPLER = flags.DEFINE_string("edit_sampler", "ddpm:100:uniform", "sampler:steps:spacing of the edit modes.")
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 1000, "Test images to inpaint.", lower_bound=1)
+_JUMPS = flags.DEFINE_list("jumps", [], "RePaint's jump_length,resamples for the inpainting (none: no resampling).")
 _STRENGTHS = flags.DEFINE_list("strengths", ["0", "0.2", "0.4", "0.5", "0.6", "0.8", "1"], "img2img strengths.")
 _CHECKPOINTS = flags.DEFINE_list("checkpoints", [], "Checkpoint steps of --mode=checkpoints (raw weights, "
                                  "DPM-Solver++(2M) 20 uniform steps).")
@@ -108,9 +109,10 @@ def inpainting(model, extractor):
     images, labels = _test_images(_NUM_IMAGES.value)
     mask = np.zeros(images.shape[:-1] + (1,), np.float32)
     mask[:, : images.shape[1] // 2] = 1.0  # the top half is kept, the bottom half generated
+    jumps = tuple(int(v) for v in _JUMPS.value) or None
     report, completions = evaluation.inpainting_report(model, extractor, images, labels, mask, _edit_request(),
-                                                       batch_size=_BATCH_SIZE.value, seed=_SEED.value)
-    row = {"mode": "inpaint", "edit_sampler": _EDIT_SAMPLER.value, "kept": "top half", **report}
+                                                       batch_size=_BATCH_SIZE.value, seed=_SEED.value, jumps=jumps)
+    row = {"mode": "inpaint", "edit_sampler": _EDIT_SAMPLER.value, "jumps": jumps, "kept": "top half", **report}
     common.emit_json(row)
     if _FIGURE_DIR.value:
         shown, grey = min(10, len(images)), images * mask + 0.5 * (1 - mask)

@@ -131,8 +131,10 @@ def test_sampler_quality_smoke(tmp_path):
                      f"--classifier={setup.stdout.split()[-1]}", f"--idx_dir={tmp_path / 'idx'}",
                      "--samplers=ddim,heun", "--spacings=uniform", "--nfe=3", "--reference=ddpm:4",
                      "--num_samples=8", "--batch_size=8", "--edit_sampler=ddpm:2:uniform", "--num_images=4",
-                     "--strengths=0,1", f"--report={report}", f"--figure_dir={tmp_path / 'figures'}"])
+                     "--strengths=0,1", "--jumps=1,2", f"--report={report}", f"--figure_dir={tmp_path / 'figures'}"])
     rows = json_lines(result.stdout)
+    inpaint = [row for row in rows if row.get("mode") == "inpaint"]
+    assert [row["jumps"] for row in inpaint] == [[1, 2]] and 0 <= inpaint[0]["completion_reads_as_original"] <= 1
     fid = {row["sampler"]: row for row in rows if "fid" in row}
     assert {s: (r["num_steps"], r["nfe"]) for s, r in fid.items()} == {"ddpm": (4, 4), "ddim": (3, 3), "heun": (2, 3)}
     img2img = {row["strength"]: row for row in rows if row.get("mode") == "img2img"}

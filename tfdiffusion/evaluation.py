@@ -457,14 +457,16 @@ def reads_as(extractor, images, labels):
     return float(np.mean(np.argmax(extractor(images)[1], axis=1) == labels))
 
 
-def inpainting_report(model, extractor, images, labels, mask, request, *, batch_size=500, seed=0):
+def inpainting_report(model, extractor, images, labels, mask, request, *, batch_size=500, seed=0, jumps=None):
     """(report, completions) of inpainting `images` where `mask` is 1 (kept), read back by the classifier.
 
-    The report gives the fraction read as the original's label of the completions, of plain samples
-    with the same seeds (the chance level), of the masked inputs and of the originals.
+    The report gives the fraction read as the original's label of the completions (with RePaint's
+    resampling `jumps`, if given), of plain samples with the same seeds (the chance level), of the
+    masked inputs and of the originals.
     """
+    resampling = {} if jumps is None else {"jumps": tuple(jumps)}
     completions = edit_images(model, len(images), request, batch_size=batch_size, seed=seed, init_images=images,
-                              mask=mask)
+                              mask=mask, **resampling)
     plain = edit_images(model, len(images), request, batch_size=batch_size, seed=seed)
     return {"num_images": len(images), "completion_reads_as_original": reads_as(extractor, completions, labels),
             "plain_sample_reads_as_original": reads_as(extractor, plain, labels),
