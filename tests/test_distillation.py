@@ -140,6 +140,9 @@ def test_the_distill_configs_validate():
         config.distill.teacher = "runs/mnist"
         config_lib.validate_distill_config(config)
     assert load_config("mnist_distill", None).distill.final_steps == 4
+    config.train.mixed_precision = "bf16"
+    with pytest.raises(config_lib.ConfigError, match="Received: config.train.mixed_precision='bf16'"):
+        config_lib.validate_distill_config(config)
 
 
 # -- tiny runs ---------------------------------------------------------------------------------------
