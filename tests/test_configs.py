@@ -78,12 +78,12 @@ def test_unknown_variant_is_refused(name):
         load_config(name, "huge")
 
 
-# About 20–40 s each for cifar10 and fashion_mnist on a 2-core machine, 3 s for mnist_dit. mnist_cfg
-# repeats cifar10's class-conditional path and fashion_mnist mnist's 28×28×1 TFDS path (test_data), so
-# those two run only with the slow tests.
+# About 20–40 s each for cifar10 and fashion_mnist on a 2-core machine, 3 s for mnist_dit: only mnist_dit is
+# in the fast suite (kept under 15 minutes). tests/test_folder_data.py trains a class-conditional RGB model
+# through `training.train` in the fast suite, the path cifar10's run repeats.
 @pytest.mark.parametrize(
-    "name", ["cifar10", pytest.param("fashion_mnist", marks=pytest.mark.slow), "mnist_dit",
-             pytest.param("mnist_cfg", marks=pytest.mark.slow)]
+    "name", [pytest.param("cifar10", marks=pytest.mark.slow), pytest.param("fashion_mnist", marks=pytest.mark.slow),
+             "mnist_dit", pytest.param("mnist_cfg", marks=pytest.mark.slow)]
 )
 def test_tiny_image_config_trains_end_to_end_on_mock_data(tmp_path, name):
     import tensorflow_datasets as tfds

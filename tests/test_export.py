@@ -751,6 +751,7 @@ def test_random_requests_succeed_or_name_the_argument(loaded_cond, models):
     assert outcomes["ok"] >= 5 and outcomes["rejected"] >= 100 and sum(outcomes.values()) >= 200, outcomes
 
 
+@pytest.mark.slow  # the fast suite checks the bf16 copy in-process (test_model) and fp32 exports against generate
 def test_bfloat16_export_serves_close_to_float32(models, tmp_path):
     """`tools/export.py --compute_dtype=bfloat16`: same signatures, samples within bf16 rounding of float32."""
     model = models["uncond"]
