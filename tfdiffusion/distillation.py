@@ -242,22 +242,23 @@ def distill(config, workdir):
         shutil.copyfile(teacher_path, temporary)
     rounds_figure(config_lib.distill_teacher_path(config.distill.teacher), config.distill.initial_steps,
                   [os.path.join(workdir, f"round_{r['round']}", MODEL_FILE) for r in rounds],
-                  os.path.join(workdir, "rounds.png"), num_images=config.sample.num_samples, seed=config.sample.seed)
+                  os.path.join(workdir, "rounds.png"), num_images=config.sample.num_samples, seed=config.sample.seed,
+                  mixed_precision=config.train.mixed_precision)
     summary = {"name": config.name, "final_steps": config.distill.final_steps, "rounds": rounds}
     checkpoints.atomic_write_json(os.path.join(workdir, "summary.json"), summary)
     logging.info("Done: %s", summary)
     return summary
 
 
-def rounds_figure(teacher_path, teacher_steps, student_paths, path, *, num_images=8, seed=0):
+def rounds_figure(teacher_path, teacher_steps, student_paths, path, *, num_images=8, seed=0, mixed_precision="auto"):
     """One row per model from the same x_T: the teacher's DDIM in `teacher_steps`, then each student in its own
     steps (DDIM is deterministic given x_T, so each row shows what its round kept of the teacher's map
     x_T → x_0). Class-conditional models cycle through the classes. Returns {row title: images}.
 
     The teacher row is the teacher on the grid it was distilled on (`make_student(teacher, teacher_steps)`
-    samples there), not on the default spacing's timesteps."""
-    teacher = builders.load_model(teacher_path, compile=False)
-    # On the grid it was distilled on (`distilled_timesteps`), not the default spacing's.
+    samples there), not on the default spacing's timesteps, computing under `mixed_precision` as the rounds
+    did (`run_round`); the students were saved computing so."""
+    teacher = builders.load_model(teacher_path, compile=False).inference_model(mixed_precision)[0]
     models = {f"teacher {teacher_steps}": teacher if teacher.distilled_steps else make_student(teacher, teacher_steps)}
     for student_path in student_paths:
         student = builders.load_model(student_path, compile=False)

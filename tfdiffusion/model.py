@@ -494,11 +494,10 @@ class DiffusionModel(keras.Model):
         sampler, num_steps = self.default_request(sampler, num_steps)
         request = dict(sampler=sampler, num_steps=num_steps, eta=eta, guidance_scale=guidance_scale,
                        trajectory_every=trajectory_every, ddpm_variance=ddpm_variance, spacing=spacing, strength=strength)
-        labels, init_images, mask = self._validate_request(num_samples, request, labels, init_images, mask)
+        labels, init_images, mask = self._validate_request(num_samples, request, labels, init_images, mask, jumps)
         guidance_scale = guidance_scale if self.num_classes is not None else None
         if init_images is not None and strength is None:
             strength = 1.0
-        samplers.validate_jumps(jumps, mask, sampler, trajectory_every)
         function = self._sampling_function(
             (sampler, spacing, trajectory_every, labels is not None, guidance_scale is not None, ddpm_variance, False,
              init_images is not None, mask is not None, None if jumps is None else tuple(int(v) for v in jumps)),
@@ -509,7 +508,7 @@ class DiffusionModel(keras.Model):
             return out.numpy()
         return out[0].numpy(), out[1].numpy()
 
-    def _validate_request(self, num_samples, request, labels, init_images, mask):
+    def _validate_request(self, num_samples, request, labels, init_images, mask, jumps=None):
         """`generate`'s checks (ValueError naming the argument).
 
         Returns:
@@ -524,6 +523,7 @@ class DiffusionModel(keras.Model):
                              f"grid, and in no other number. Received: num_steps={request['num_steps']!r}")
         samplers.validate_request(self.sampling_diffusion.num_timesteps, **request)
         samplers.validate_edit((num_samples,) + tuple(self.data_shape), init_images, request["strength"], mask)
+        samplers.validate_jumps(jumps, mask, request["sampler"], request["trajectory_every"])
         if init_images is not None:
             init_images = np.asarray(init_images, np.float32)
             mask = None if mask is None else np.asarray(mask, np.float32)
