@@ -35,6 +35,8 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the first batch (every row uses
 _EDIT_SAMPLER = flags.DEFINE_string("edit_sampler", "ddpm:100:uniform", "sampler:steps:spacing of the edit modes.")
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 1000, "Test images to inpaint.", lower_bound=1)
 _JUMPS = flags.DEFINE_list("jumps", [], "RePaint's jump_length,resamples for the inpainting (none: no resampling).")
+flags.register_validator("jumps", lambda v: not v or (len(v) == 2 and all(s.isdigit() and int(s) >= 1 for s in v)),
+                         "--jumps must be two integers >= 1, jump_length,resamples")
 _STRENGTHS = flags.DEFINE_list("strengths", ["0", "0.2", "0.4", "0.5", "0.6", "0.8", "1"], "img2img strengths.")
 _CHECKPOINTS = flags.DEFINE_list("checkpoints", [], "Checkpoint steps of --mode=checkpoints (raw weights, "
                                  "DPM-Solver++(2M) 20 uniform steps).")
