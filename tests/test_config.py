@@ -41,7 +41,7 @@ def test_declared_names_equal_the_registries():
     assert config_lib.NETWORK_NAMES == tuple(builders.NETWORKS)
     assert config_lib.SCHEDULE_NAMES == schedules.SCHEDULE_NAMES
     assert config_lib.SAMPLER_NAMES == samplers.SAMPLERS
-    assert config_lib.SPACING_NAMES == samplers.SPACINGS
+    assert config_lib.SPACING_NAMES == samplers.SPACING_CHOICES
     assert config_lib.DATASET_NAMES == data.DATASET_NAMES
     assert config_lib.DATA_SOURCES == data.DATA_SOURCES
     assert config_lib.STRATEGIES == tuple(builders.STRATEGIES)

@@ -99,7 +99,7 @@ GOOD = {
     "uncond": {
         "ddpm": _sample_body(seed=3, num_samples=2, num_steps=20, sampler="ddpm"),
         "ddim": _sample_body(seed=11, num_samples=3, num_steps=7, sampler="ddim", eta=0.5),
-        "dpmpp_2m": _sample_body(seed=5, num_samples=2, num_steps=5, sampler="dpmpp_2m"),
+        "dpmpp_2m_auto": _sample_body(seed=5, num_samples=2, num_steps=5, sampler="dpmpp_2m", spacing="auto"),
         "unipc_logsnr": _sample_body(seed=6, num_samples=2, num_steps=6, sampler="unipc", spacing="logsnr"),
         "heun_karras": _sample_body(seed=7, num_samples=2, num_steps=4, sampler="heun", spacing="karras"),
         "dpmpp_2m_sde_quadratic": _sample_body(seed=8, num_samples=2, num_steps=5, sampler="dpmpp_2m_sde",
@@ -360,7 +360,7 @@ def test_saved_model_cli_lists_the_signatures(exports):
     assert signatures["limits"]["outputs"] == {
         "num_timesteps": ["DT_INT32", "()"], "num_classes": ["DT_INT32", "()"], "data_shape": ["DT_INT32", "(3)"],
         "data_range": ["DT_FLOAT", "(2)"], "max_num_samples": ["DT_INT32", "()"], "samplers": ["DT_STRING", "(7)"],
-        "spacings": ["DT_STRING", "(4)"]}
+        "spacings": ["DT_STRING", f"({len(tfd.samplers.SPACING_CHOICES)})"]}
     assert signatures["denoise"]["inputs"]["x_t"][1] == f"(-1, {H}, {W}, 1)"
     assert signatures["denoise"]["outputs"] == {"eps": ["DT_FLOAT", f"(-1, {H}, {W}, 1)"]}
 
@@ -432,7 +432,7 @@ def test_limits_signature_reads_the_models_limits(models, served, exports, key):
             else:
                 np.testing.assert_array_equal(got, value, err_msg=f"{mode}/{name}")
                 np.testing.assert_array_equal(read[name], value)
-    assert read["samplers"] == list(tfd.samplers.SAMPLERS) and read["spacings"] == list(tfd.samplers.SPACINGS)
+    assert read["samplers"] == list(tfd.samplers.SAMPLERS) and read["spacings"] == list(tfd.samplers.SPACING_CHOICES)
 
 
 def test_served_edits_keep_the_known_pixels_exactly(served):
@@ -726,7 +726,7 @@ def test_random_requests_succeed_or_name_the_argument(loaded_cond, models):
         num_samples=mostly(st.integers(1, 4), st.integers(-3, 0) | st.integers(9, 12)),
         num_steps=mostly(st.integers(1, timesteps), st.integers(-2, 0) | st.integers(timesteps + 1, timesteps + 3)),
         sampler=mostly(st.sampled_from(tfd.samplers.SAMPLERS), st.sampled_from(["", "DDIM", "euler", "ddpm "])),
-        spacing=mostly(st.sampled_from(tfd.samplers.SPACINGS), st.sampled_from(["", "LOGSNR", "cosine"])),
+        spacing=mostly(st.sampled_from(tfd.samplers.SPACING_CHOICES), st.sampled_from(["", "LOGSNR", "cosine", "AUTO"])),
         eta=mostly(st.floats(0, 1), st.floats(-0.5, -0.01) | st.sampled_from([1.5, float("nan"), float("inf")])),
         guidance_scale=mostly(st.floats(0, 8), st.sampled_from([float("nan"), float("-inf"), float("inf")])),
         label_draw=st.data(),
@@ -757,7 +757,7 @@ def test_bfloat16_export_serves_close_to_float32(models, tmp_path):
     model = models["uncond"]
     path = export.export_sampler(model.with_dtype_policy("mixed_bfloat16"), tmp_path / "1")
     loaded = tf.saved_model.load(str(path))
-    body = GOOD["uncond"]["dpmpp_2m"]
+    body = GOOD["uncond"]["dpmpp_2m_auto"]
     served = _call(loaded.signatures["sample"], body)["samples"].numpy()
     reference = _generate(model, body["inputs"])
     assert served.dtype == np.float32 and served.shape == reference.shape

@@ -77,8 +77,10 @@ def ode_error(toy, sampler, spacing, nfe_budget):
     return found
 
 
-def _fast_only_for(toy, spacing):
-    return () if (toy, spacing) == ("gaussian", DEFAULT_SPACING) else (pytest.mark.slow,)
+def _fast_only_for(toy, sampler, spacing):
+    """The fast suite runs each sampler on the Gaussian at the spacing "auto" gives it; the slow suite the rest."""
+    default = samplers.resolve_spacing(sampler, DEFAULT_SPACING)
+    return () if (toy, spacing) == ("gaussian", default) else (pytest.mark.slow,)
 
 
 def _known(failures, key, what):
@@ -115,7 +117,7 @@ NON_MONOTONE = {
 
 def deterministic_cases():
     return [pytest.param(toy, sampler, spacing, id=f"{toy}-{sampler}-{spacing}",
-                         marks=_fast_only_for(toy, spacing) + _known(NON_MONOTONE, (toy, sampler, spacing),
+                         marks=_fast_only_for(toy, sampler, spacing) + _known(NON_MONOTONE, (toy, sampler, spacing),
                                                                      "errors at 5, 10, 20, 50 NFE"))
             for toy in analytic.TOYS for sampler in DETERMINISTIC if sampler in samplers.SAMPLERS
             for spacing in samplers.SPACINGS]
@@ -131,7 +133,7 @@ def test_every_sampler_is_under_contract():
 def test_network_evaluations_are_counted_as_they_ran(sampler):
     eta = DETERMINISTIC.get(sampler, 0.0)
     for num_steps in (1, 2, 5, 10):
-        _, nfe = run_sampler("gaussian", sampler, DEFAULT_SPACING, num_steps, eta=eta)
+        _, nfe = run_sampler("gaussian", sampler, samplers.resolve_spacing(sampler, DEFAULT_SPACING), num_steps, eta=eta)
         assert nfe == samplers.network_evaluations(sampler, num_steps), (sampler, num_steps, nfe)
 
 
@@ -142,7 +144,7 @@ def test_deterministic_and_stochastic_are_classified_right(sampler):
     for eta, stochastic in [(DETERMINISTIC.get(sampler), False)] + [(eta, True) for eta in stochastic_etas]:
         if eta is None:
             continue
-        run = _compiled("gaussian", sampler, DEFAULT_SPACING, eta, False)
+        run = _compiled("gaussian", sampler, samplers.resolve_spacing(sampler, DEFAULT_SPACING), eta, False)
         first, second = (run(10, seed)[0] for seed in (1, 2))
         assert np.array_equal(first, second) != stochastic, (sampler, eta)
 
@@ -162,6 +164,7 @@ def test_error_falls_as_nfe_grows(toy, sampler, spacing):
 # Issue 14's bounds on the Gaussian: (solver or "best", NFE, bound). Measured failures per spacing.
 ISSUE_BOUNDS = (("dpmpp_2m", 10, 0.005), ("dpmpp_2m", 20, 0.003), ("best", 10, 0.002))
 BOUND_FAILURES = {
+    ("auto", "best", 10): "dpmpp_2m 2.9e-3 (unipc 7.6e-3, dpmpp_3m 3.1e-2; every solver on its own spacing)",
     ("uniform", "dpmpp_2m", 20): "4.0e-2",
     ("logsnr", "best", 10): "dpmpp_2m 2.9e-3 (unipc 7.6e-3, dpmpp_3m 3.1e-2)",
     ("karras", "best", 10): "dpmpp_2m 3.7e-3",
@@ -176,14 +179,16 @@ def bound_cases():
     return [pytest.param(spacing, solver, nfe, bound, id=f"{spacing}-{solver}-{nfe}nfe",
                          marks=(() if spacing == DEFAULT_SPACING else (pytest.mark.slow,))
                          + _known(BOUND_FAILURES, (spacing, solver, nfe), "error"))
-            for spacing in samplers.SPACINGS for solver, nfe, bound in ISSUE_BOUNDS]
+            for spacing in samplers.SPACING_CHOICES for solver, nfe, bound in ISSUE_BOUNDS]
 
 
 @pytest.mark.parametrize("spacing,solver,nfe,bound", bound_cases())
 def test_issue_bound(spacing, solver, nfe, bound):
-    """Issue 14 asks these of the default spacing; every spacing is measured so that the choice is informed."""
+    """Issue 14 asks the first two of the default spacing ("auto": DPM-Solver++(2M) on logsnr), the third of
+    the best solver; every spacing is measured so that the choice is informed (the best at 10 NFE of all is
+    DPM-Solver++(2M) on the uniform grid, 1.5e-3, a cancellation: see docs/RESULTS.md)."""
     candidates = [solver] if solver != "best" else [s for s in DETERMINISTIC if s in samplers.SAMPLERS]
-    errors = {s: ode_error("gaussian", s, spacing, nfe)[0] for s in candidates}
+    errors = {s: ode_error("gaussian", s, samplers.resolve_spacing(s, spacing), nfe)[0] for s in candidates}
     best = min(errors, key=errors.get)
     assert errors[best] <= bound, f"{spacing}, {nfe} NFE: {', '.join(f'{s} {e:.2e}' for s, e in errors.items())}"
 
@@ -191,7 +196,7 @@ def test_issue_bound(spacing, solver, nfe, bound):
 # -- stochastic samplers: the distribution of their samples ---------------------------------------------
 def stochastic_cases():
     return [pytest.param(toy, sampler, eta, spacing, id=f"{toy}-{sampler}-eta{eta:g}-{spacing}",
-                         marks=_fast_only_for(toy, spacing))
+                         marks=_fast_only_for(toy, sampler, spacing))
             for toy in analytic.TOYS for sampler, eta in STOCHASTIC if sampler in samplers.SAMPLERS
             for spacing in samplers.SPACINGS]
 

@@ -587,6 +587,24 @@ def test_spacing_validation():
         samplers.sample(analytic_denoise, DIFFUSION, (2, 1), spacing="cosine")
 
 
+@pytest.mark.parametrize("sampler", samplers.SAMPLERS)
+def test_auto_spacing_is_the_samplers_own_grid_in_python_and_in_a_graph(sampler):
+    """"auto" (the default) runs `SOLVERS[sampler].spacing`: the same samples as naming that grid, bitwise,
+    from Python strings and from the string tensors of an exported signature."""
+    own = samplers.SOLVERS[sampler].spacing
+    assert own in samplers.SPACINGS and samplers.resolve_spacing(sampler, "auto") == own
+    assert samplers.resolve_spacing(sampler, "quadratic") == "quadratic"
+    kwargs = dict(sampler=sampler, num_steps=7, eta=0.0, seed=3)
+    named = samplers.sample(analytic_denoise, DIFFUSION, (16, 1), spacing=own, **kwargs).numpy()
+    by_default = samplers.sample(analytic_denoise, DIFFUSION, (16, 1), **kwargs).numpy()
+    np.testing.assert_array_equal(by_default, named)
+    by_tensor = tf.function(lambda s, sp: samplers.sample(analytic_denoise, DIFFUSION, (16, 1), **{
+        **kwargs, "sampler": s, "spacing": sp}))
+    np.testing.assert_array_equal(by_tensor(tf.constant(sampler), tf.constant("auto")).numpy(), named)
+    other = "karras" if own != "karras" else "quadratic"  # a named grid still wins over the sampler's own
+    assert not np.array_equal(by_tensor(tf.constant(sampler), tf.constant(other)).numpy(), named)
+
+
 # -- issue 14: the new solvers' steps ---------------------------------------------------------------------
 def _lam(a):
     return 0.5 * math.log(a / (1.0 - a))

@@ -27,7 +27,7 @@ BAD_FILE_POLICIES = ("error", "skip")
 SPLITS = ("train", "test")
 LEARNING_RATE_SCHEDULES = ("constant", "cosine")
 SAMPLER_NAMES = ("ddpm", "ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "heun", "dpmpp_2m_sde")
-SPACING_NAMES = ("uniform", "logsnr", "karras", "quadratic")
+SPACING_NAMES = ("auto", "uniform", "logsnr", "karras", "quadratic")  # "auto": the sampler's own (samplers.py)
 JIT_SETTINGS = ("auto", True, False)
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 # Keys that may change between runs in one workdir without `allow_config_change`.
@@ -67,7 +67,7 @@ def base_config():
                       "jit_compile": "auto", "steps_per_execution": 1, "mixed_precision": "auto",
                       "deterministic": False, "strategy": "default", "cpu_devices": 0, "allow_config_change": False,
                       "verbose": True, "sample_every": 0},
-            "sample": {"num_samples": 16, "sampler": "ddpm", "num_steps": 0, "spacing": "uniform", "seed": 0,
+            "sample": {"num_samples": 16, "sampler": "ddpm", "num_steps": 0, "spacing": "auto", "seed": 0,
                        "guidance_scale": 0.0},
         }
     )

@@ -146,7 +146,7 @@ class ModelSampler:
       num_steps: sampling steps in [0, T]; 0 means T.
       eta: DDIM η.
       guidance_scale: classifier-free guidance weight; ignored for an unconditional model.
-      spacing: the timestep spacing, one of `samplers.SPACINGS`.
+      spacing: the timestep spacing, one of `samplers.SPACING_CHOICES` ("auto": the sampler's own).
       source: what the report names as the model (a path), or None.
       workdir: the model's workdir (its config.json names the dataset), or None.
       mixed_precision: the compute precision of the network calls ("auto": bfloat16 where it pays,
@@ -161,7 +161,7 @@ class ModelSampler:
 
     model_format = "keras"
 
-    def __init__(self, model, *, sampler="ddim", num_steps=0, eta=0.0, guidance_scale=0.0, spacing="uniform",
+    def __init__(self, model, *, sampler="ddim", num_steps=0, eta=0.0, guidance_scale=0.0, spacing=samplers.DEFAULT_SPACING,
                  source=None, workdir=None, mixed_precision=None):
         if not isinstance(model, DiffusionModel) or model.data_shape is None:
             raise EvaluationError(f"model must be a built DiffusionModel. Received: model={model!r}")
@@ -175,7 +175,8 @@ class ModelSampler:
                 or not 0 <= num_steps <= num_timesteps:
             raise EvaluationError(f"num_steps must be in [0, {num_timesteps}] (0 means T). "
                                   f"Received: num_steps={num_steps!r}")
-        self.model, self.sampler, self.eta, self.spacing = model, sampler, eta, spacing
+        self.model, self.sampler, self.eta = model, sampler, eta
+        self.spacing = samplers.resolve_spacing(sampler, spacing)
         self.num_steps = int(num_steps) or num_timesteps
         self.num_classes = model.num_classes
         self.guidance_scale = guidance_scale if self.num_classes is not None else None
@@ -212,7 +213,7 @@ class SavedModelSampler:
     precision = None  # computes as it was exported
     workdir = None
 
-    def __init__(self, path, *, sampler="ddim", num_steps=1, eta=0.0, guidance_scale=0.0, spacing="uniform",
+    def __init__(self, path, *, sampler="ddim", num_steps=1, eta=0.0, guidance_scale=0.0, spacing=samplers.DEFAULT_SPACING,
                  num_classes=10):
         if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "saved_model.pb")):
             raise FileNotFoundError(f"saved_model is not a SavedModel directory. Received: saved_model={path!r}")
@@ -224,7 +225,7 @@ class SavedModelSampler:
                                   f"Received: saved_model={path!r}")
         self._loaded, self._function = loaded, loaded.signatures["sample"]
         self.sampler, self.num_steps, self.eta, self.guidance_scale = sampler, num_steps, eta, guidance_scale
-        self.spacing = spacing
+        self.spacing = samplers.resolve_spacing(sampler, spacing)  # what an older export accepts too
         self.num_classes = num_classes
         self.data_shape = tuple(self._function.structured_outputs["samples"].shape[1:])
         self.source = os.path.abspath(path)
@@ -253,7 +254,7 @@ def _assertion_text(message):
 
 
 def open_sampler(*, model=None, saved_model=None, checkpoint_step=None, sampler="ddim", num_steps=0, eta=0.0,
-                 guidance_scale=0.0, spacing="uniform", num_classes=10, mixed_precision="auto"):
+                 guidance_scale=0.0, spacing=samplers.DEFAULT_SPACING, num_classes=10, mixed_precision="auto"):
     """A `ModelSampler` of a workdir, model.keras or checkpoint, or a `SavedModelSampler`.
 
     Args:
@@ -594,7 +595,7 @@ def prepare_image_evaluation(dataset, image_shape, *, features="auto", classifie
 
 def evaluate(*, model=None, saved_model=None, checkpoint_step=None, features="auto", classifier=None,
              inception_weights="imagenet", dataset="auto", data_path=None, idx_dir=None, data_dir=None,
-             num_samples=10000, sampler="ddim", num_steps=0, eta=0.0, guidance_scale=0.0, spacing="uniform",
+             num_samples=10000, sampler="ddim", num_steps=0, eta=0.0, guidance_scale=0.0, spacing=samplers.DEFAULT_SPACING,
              num_classes=10, mixed_precision="auto", seed=0,
              batch_size=500, reference_split=None, reference_num_images=0, reference_cache_dir=None,
              reference_seed=12345, kid_subsets=100, kid_subset_size=1000, output=None, verbose=True):

@@ -18,6 +18,8 @@ The SavedModel holds these signatures (see docs/SERVING.md):
 | `denoise`                     | x_t float32 [N, H, W, C], t int32 [N], labels int32 [N]           | eps float32 [N,H,W,C] |
 | `limits`                      | none                                                              | num_timesteps, num_classes (0: unconditional), data_shape, data_range, max_num_samples (0: no bound), samplers, spacings |
 
+`spacing` may be "auto", each sampler's own grid (`samplers.Solver.spacing`), as in `generate`.
+
 `export_fixed_sampler` and `export_tflite` freeze one request instead (a sampler, its number of
 steps and spacing, a batch size): `sample_fixed` takes only a seed (and labels, guidance_scale),
 with every coefficient a float32 constant (`fixed_step_plan`); see docs/SERVING.md, "Fixed-step
@@ -102,7 +104,7 @@ def sample_checks(num_timesteps, *, sampler, num_steps, eta, num_samples, guidan
         _assert(num_samples >= 1, "num_samples must be >= 1. Received: num_samples={}", num_samples),
     ]
     if spacing is not None:
-        spacings = tf.constant(list(samplers.SPACINGS))
+        spacings = tf.constant(list(samplers.SPACING_CHOICES))
         checks.append(_assert(tf.reduce_any(tf.equal(spacing, spacings)),
                               "Unknown spacing. Expected one of {}. Received: spacing={}", spacings, spacing))
     if max_num_samples is not None:
@@ -275,7 +277,7 @@ def model_limits(model, max_num_samples=None):
             "data_range": np.asarray(model.data_range or (), np.float32),
             "max_num_samples": np.int32(max_num_samples or 0),
             "samplers": np.asarray(samplers.SAMPLERS, object),
-            "spacings": np.asarray(samplers.SPACINGS, object)}
+            "spacings": np.asarray(samplers.SPACING_CHOICES, object)}
 
 
 def _limits_function(model, max_num_samples):
@@ -555,6 +557,7 @@ def fixed_step_plan(diffusion, prediction_type, *, sampler, num_steps, spacing=s
     T = diffusion.num_timesteps
     samplers.validate_request(T, sampler=sampler, num_steps=num_steps, eta=eta, spacing=spacing,
                               ddpm_variance=ddpm_variance)
+    spacing = samplers.resolve_spacing(sampler, spacing)  # the plan records the grid it baked in
     solver = samplers.SOLVERS[sampler]
     sequence = samplers.timestep_sequence(num_steps, T, spacing, diffusion.alphas_cumprod)
     timesteps = solver.loop_timesteps(sequence).numpy().tolist()

@@ -495,6 +495,7 @@ class DiffusionModel(keras.Model):
         request = dict(sampler=sampler, num_steps=num_steps, eta=eta, guidance_scale=guidance_scale,
                        trajectory_every=trajectory_every, ddpm_variance=ddpm_variance, spacing=spacing, strength=strength)
         labels, init_images, mask = self._validate_request(num_samples, request, labels, init_images, mask, jumps)
+        spacing = samplers.resolve_spacing(sampler, spacing)  # "auto" and its grid named share one graph
         guidance_scale = guidance_scale if self.num_classes is not None else None
         if init_images is not None and strength is None:
             strength = 1.0

@@ -56,9 +56,9 @@ import tensorflow as tf
 from tfdiffusion.diffusion import VARIANCE_TYPES, eps_from_x0, reverse_mean_variance
 
 SPACINGS = ("uniform", "logsnr", "karras", "quadratic")
-# The spacing of `sample` and `DiffusionModel.generate` when none is given. Issue 14: on the analytic toys
-# "logsnr" measures best (docs/RESULTS.md); "uniform" stays the default until MNIST agrees.
-DEFAULT_SPACING = "uniform"
+AUTO_SPACING = "auto"  # the default: each solver's own grid, `Solver.spacing`
+SPACING_CHOICES = (AUTO_SPACING,) + SPACINGS  # what a request may name
+DEFAULT_SPACING = AUTO_SPACING
 KARRAS_RHO = 7.0  # ρ of Karras et al. 2022, eq. 5
 
 
@@ -303,12 +303,14 @@ class Solver(typing.NamedTuple):
     initial_state: `x_T -> state` (a nest of tensors the loop carries), `()` by default.
     loop_timesteps: `timesteps -> the timesteps of the loop's network evaluations` (the identity by
       default; `heun_timesteps` evaluates twice per step).
+    spacing: the grid of a request with spacing="auto" (one of `SPACINGS`).
     """
 
     step: typing.Callable
     stochastic: bool = False
     initial_state: typing.Callable = lambda x_T: ()
     loop_timesteps: typing.Callable = lambda timesteps: timesteps
+    spacing: str = "uniform"
 
 
 def noise_draw(shape, seed, index, dtype=tf.float32):
@@ -359,18 +361,27 @@ def _multistep_state(x_T):
     return tf.zeros_like(x_T), tf.constant(1.0, tf.float64), tf.constant(True)
 
 
+# `Solver.spacing`, what the default spacing "auto" runs: each solver on its own paper's grid, where it
+# measured best or close to it (docs/RESULTS.md, "Default spacing"). The λ-solvers take λ-uniform steps
+# (Lu et al. 2022b recommend them for pixel models): on the analytic toys that is their best spacing over
+# 5-50 NFE, and for DPM-Solver++(2M) and UniPC the only one on which the error falls from 5 to 10 to 20 to
+# 50 steps (2M on the uniform grid is 27× worse at 20 steps than at 10); on MNIST at 20 NFE it is within 7%
+# of their best spacing. DDPM and DDIM keep their papers' uniform steps, the best on MNIST by 14-27%;
+# Heun keeps EDM's σ grid (Karras et al. 2022).
 SOLVERS = {
     "ddpm": Solver(_ddpm, stochastic=True),
     "ddim": Solver(_ddim, stochastic=True),
-    "dpmpp_2m": Solver(_dpmpp_2m, initial_state=_multistep_state),
+    "dpmpp_2m": Solver(_dpmpp_2m, initial_state=_multistep_state, spacing="logsnr"),
     "dpmpp_3m": Solver(_dpmpp_3m, initial_state=lambda x_T: ((tf.zeros_like(x_T), tf.zeros_like(x_T)),
-                                                            (tf.constant(1.0, tf.float64), tf.constant(1.0, tf.float64)))),
+                                                            (tf.constant(1.0, tf.float64), tf.constant(1.0, tf.float64))),
+                       spacing="logsnr"),
     "unipc": Solver(_unipc, initial_state=lambda x_T: (tf.zeros_like(x_T), tf.zeros_like(x_T), tf.zeros_like(x_T),
-                                                      tf.constant(0.5, tf.float64), tf.constant(0.5, tf.float64))),
+                                                      tf.constant(0.5, tf.float64), tf.constant(0.5, tf.float64)),
+                    spacing="logsnr"),
     "heun": Solver(_heun, initial_state=lambda x_T: (tf.zeros_like(x_T), tf.zeros_like(x_T),
                                                     tf.constant(0.5, tf.float64), tf.constant(False)),
-                   loop_timesteps=heun_timesteps),
-    "dpmpp_2m_sde": Solver(_dpmpp_2m_sde, stochastic=True, initial_state=_multistep_state),
+                   loop_timesteps=heun_timesteps, spacing="karras"),
+    "dpmpp_2m_sde": Solver(_dpmpp_2m_sde, stochastic=True, initial_state=_multistep_state, spacing="logsnr"),
 }
 SAMPLERS = tuple(SOLVERS)  # the built-in solvers' names
 
@@ -484,14 +495,33 @@ def timestep_sequence(num_steps, num_timesteps, spacing="uniform", alphas_cumpro
     return tf.switch_case(index, branches)
 
 
+def resolve_spacing(sampler, spacing):
+    """The spacing a request runs on: `spacing`, or for "auto" the sampler's own (`Solver.spacing`).
+
+    Python strings give a Python string; if either is a string tensor (an exported signature's
+    inputs), a string tensor picked at run time.
+    """
+    if isinstance(spacing, str) and spacing != AUTO_SPACING:
+        return spacing
+    if isinstance(sampler, str) and isinstance(spacing, str):
+        return SOLVERS[sampler].spacing if sampler in SOLVERS else spacing  # `validate_request` names a bad one
+    own = tf.gather(tf.constant([solver.spacing for solver in SOLVERS.values()]), _solver_index(sampler))
+    return tf.where(tf.equal(spacing, AUTO_SPACING), own, spacing)
+
+
+def _solver_index(sampler):
+    """int32 []: the position of the (string tensor) `sampler` in `SOLVERS`."""
+    return tf.argmax(tf.cast(tf.equal(sampler, tf.constant(list(SOLVERS))), tf.int32), output_type=tf.int32)
+
+
 # -- requests ----------------------------------------------------------------------------------
 def validate_request(num_timesteps, *, sampler="ddpm", num_steps=1, eta=0.0, guidance_scale=None,
-                     ddpm_variance="beta_tilde", trajectory_every=None, spacing="uniform", strength=None):
+                     ddpm_variance="beta_tilde", trajectory_every=None, spacing=DEFAULT_SPACING, strength=None):
     """Raises ValueError naming the argument when a (Python) sampling request is invalid."""
     if sampler not in SOLVERS:
         raise ValueError(f"Unknown sampler. Expected one of {tuple(SOLVERS)}. Received: sampler={sampler!r}")
-    if spacing not in SPACINGS:
-        raise ValueError(f"Unknown spacing. Expected one of {SPACINGS}. Received: spacing={spacing!r}")
+    if spacing not in SPACING_CHOICES:
+        raise ValueError(f"Unknown spacing. Expected one of {SPACING_CHOICES}. Received: spacing={spacing!r}")
     if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps <= num_timesteps:
         raise ValueError(f"num_steps must be an integer in [1, {num_timesteps}]. Received: num_steps={num_steps!r}")
     if not 0.0 <= float(eta) <= 1.0:
@@ -769,7 +799,8 @@ def reverse_process(denoise_fn, diffusion, shape, *, seed, num_steps, sampler="d
                                               strength)
         if mask is not None:
             after_step = _keep_known_region(init_images, opaque(mask, tf.float32, batched=True), x_T)
-    timesteps = timestep_sequence(num_steps, diffusion.num_timesteps, spacing, diffusion.alphas_cumprod, top)
+    timesteps = timestep_sequence(num_steps, diffusion.num_timesteps, resolve_spacing(sampler, spacing),
+                                  diffusion.alphas_cumprod, top)
     common = dict(denoise_fn=denoise_fn, alpha_bar_table=alpha_bar_table, x_T=x_start, timesteps=timesteps, seed=seed,
                   labels=labels, options=options, clip_denoised=clip_denoised, after_step=after_step)
     if jumps is not None and jumps[1] > 1:
@@ -778,8 +809,7 @@ def reverse_process(denoise_fn, diffusion, shape, *, seed, num_steps, sampler="d
         run = functools.partial(_reverse_loop, trajectory_every=trajectory_every, **common)
     if isinstance(sampler, str):
         return run(SOLVERS[sampler])
-    index = tf.argmax(tf.cast(tf.equal(sampler, tf.constant(list(SOLVERS))), tf.int32), output_type=tf.int32)
-    return tf.switch_case(index, [functools.partial(run, solver) for solver in SOLVERS.values()])
+    return tf.switch_case(_solver_index(sampler), [functools.partial(run, solver) for solver in SOLVERS.values()])
 
 
 _UNKNOWN = object()
@@ -809,8 +839,9 @@ def sample(denoise_fn, diffusion, shape, *, sampler="ddpm", num_steps=None, spac
       sampler: one of `SAMPLERS` (a string tensor inside a graph).
       num_steps: steps (default T) on the `spacing`'s timesteps; `network_evaluations` counts the
         network calls (Heun's are 2·num_steps − 1).
-      spacing: one of `SPACINGS` (see `timestep_sequence`; a string tensor inside a graph); default
-        `DEFAULT_SPACING`.
+      spacing: one of `SPACINGS` (see `timestep_sequence`; a string tensor inside a graph), or "auto"
+        (the default): the sampler's own, `Solver.spacing` (logsnr for the DPM-Solver++ family and
+        UniPC, karras for Heun, uniform for DDPM and DDIM).
       eta: DDIM's η ∈ [0, 1].
       seed: integer seed of every random draw.
       x_T: optional initial noise (overrides the seed's x_T; an edit's ε).

@@ -36,7 +36,7 @@ flags.DEFINE_enum("compute_dtype", "auto", ["auto", "float32", "bfloat16"], "The
 flags.DEFINE_enum("format", "saved_model", ["saved_model", "fixed", "tflite"], "What to write (see above).")
 flags.DEFINE_enum("sampler", "dpmpp_2m", SAMPLER_NAMES, "The fixed formats' sampler.")
 flags.DEFINE_integer("num_steps", None, "The fixed formats' number of steps (required for them).")
-flags.DEFINE_enum("spacing", "uniform", SPACING_NAMES, "The fixed formats' timestep spacing.")
+flags.DEFINE_enum("spacing", "auto", SPACING_NAMES, "The fixed formats' timestep spacing (auto: the sampler's own).")
 flags.DEFINE_float("eta", 0.0, "The fixed formats' DDIM eta in [0, 1].")
 flags.DEFINE_integer("batch_size", 16, "The fixed formats' number of samples per request.")
 flags.DEFINE_boolean("jit_compile", False, "Compile --format=fixed's steps with XLA (for GPU/TPU serving; slower "
