@@ -25,7 +25,7 @@ setup(
         "tensorflow-serving-api>=2.21",  # ModelServerConfig for TF Serving's models.config
     ],
     extras_require={
-        "test": ["pytest", "hypothesis"],
+        "test": ["pytest", "pytest-xdist", "hypothesis"],
     },
     license="Apache-2.0",
 )

@@ -147,6 +147,30 @@ def test_sampler_quality_smoke(tmp_path):
             assert pixels.shape[0] >= 28 * panels[0] and pixels.shape[1] >= 28 * panels[1], (name, pixels.shape)
 
 
+@pytest.mark.slow  # two tiny trainings and five FIDs in three processes, about a minute
+def test_time_to_quality_smoke(tmp_path):
+    setup = run_ok(["-c", SAMPLER_QUALITY_SETUP, str(tmp_path)])
+    outputs = {recipe: tmp_path / f"{recipe}.jsonl" for recipe in ("tutorial", "default")}
+    for recipe, output in outputs.items():
+        run_ok(["benchmarks/time_to_quality.py", f"--recipe={recipe}", "--config=configs/mnist.py:tiny",
+                f"--config.data.idx_dir={tmp_path / 'idx'}", "--minutes=1", "--snapshot_minutes=1",
+                f"--classifier={setup.stdout.split()[-1]}", "--num_samples=8", "--batch_size=8",
+                "--final_num_samples=16", "--final_seeds=0,1", f"--output={output}"], timeout=600)
+    records = {recipe: [json.loads(line) for line in output.read_text().splitlines()] for recipe, output in outputs.items()}
+    for recipe, (header, *points, final) in records.items():
+        # the tiny config's 4 steps end before the minute: one snapshot, scored at N = 8 and at N = 16 twice
+        assert header["event"] == "training" and [p["step"] for p in points] == [4] == [final["step"]], recipe
+        assert (final["event"], final["num_samples"], final["seeds"]) == ("final", 16, [0, 1])
+        assert final["fids"][0] != final["fids"][1] and final["fid"] == pytest.approx(np.mean(final["fids"]))
+    assert records["tutorial"][0]["config"]["optimizer"]["learning_rate"] == 1e-4  # the tutorial's recipe
+    compared = run_ok(["benchmarks/time_to_quality.py", f"--compare={outputs['tutorial']},{outputs['default']}",
+                       f"--figure={tmp_path / 'ttq.png'}", f"--markdown={tmp_path / 'bench.md'}"])
+    summary = json_lines(compared.stdout)[-1]
+    assert summary["fid_ratio_default_over_tutorial"] == pytest.approx(
+        records["default"][-1]["fid"] / records["tutorial"][-1]["fid"])
+    assert "| 16, [0, 1] |" in (tmp_path / "bench.md").read_text() and (tmp_path / "ttq.png").stat().st_size > 0
+
+
 def _summary(benchmark, **fields):
     machine = {"date": "2026-11-30T00:00:00Z", "cpu_model": "test CPU", "cores": 2, "cpu_flags": ["amx_bf16"],
                "amx_bf16": True, "avx512_bf16": True, "auto_precision": "mixed_bfloat16",
