@@ -356,6 +356,11 @@ def test_sample_tflite_draws_generates_grid_without_tfdiffusion(models, tflite_m
     expected = np.round(np.clip(samples[..., 0], 0, 1) * 255)
     tiles = np.stack([grid[(i // 2) * H:(i // 2 + 1) * H, (i % 2) * W:(i % 2 + 1) * W] for i in range(BATCH)])
     assert np.abs(tiles.astype(np.float64) - expected).max() <= 1
+    # TFLite's reference kernels draw the same grid (to a grey level) and say so.
+    reference = _sample_tflite(f"--model={tflite_models['cond']}", f"--output={tmp_path / 'ref.png'}", "--seed=5",
+                               "--labels=2,1,0,3", "--guidance_scale=1.5", "--kernels=reference")
+    assert reference.returncode == 0 and "(TFLite interpreter, reference kernels)" in reference.stdout, reference.stderr
+    assert np.abs(np.asarray(Image.open(tmp_path / "ref.png"), np.float64) - grid).max() <= 1
 
 
 def test_sample_tflite_noise_file_and_usage_errors(tflite_models, tmp_path):
@@ -367,6 +372,7 @@ def test_sample_tflite_noise_file_and_usage_errors(tflite_models, tmp_path):
     np.savez(noise, x_T=np.zeros((BATCH, H, W, 1), np.float32))
     for args, text in (([f"--noise={noise}"], "--noise must hold arrays of shapes"),
                        (["--seed=x"], "argument --seed: invalid int value: 'x'"),
+                       (["--kernels=fast"], "argument --kernels: invalid choice: 'fast'"),
                        ([f"--model={tmp_path / 'missing.tflite'}"], "cannot load the model")):
         result = _sample_tflite(f"--model={model}", f"--output={tmp_path / 'b.png'}", *args)
         lines = result.stderr.splitlines()

@@ -161,8 +161,8 @@ class ModelSampler:
 
     model_format = "keras"
 
-    def __init__(self, model, *, sampler="ddim", num_steps=0, eta=0.0, guidance_scale=0.0, spacing=samplers.DEFAULT_SPACING,
-                 source=None, workdir=None, mixed_precision=None):
+    def __init__(self, model, *, sampler="ddim", num_steps=0, eta=0.0, guidance_scale=0.0,
+                 spacing=samplers.DEFAULT_SPACING, source=None, workdir=None, mixed_precision=None):
         if not isinstance(model, DiffusionModel) or model.data_shape is None:
             raise EvaluationError(f"model must be a built DiffusionModel. Received: model={model!r}")
         self.precision = None
@@ -213,8 +213,8 @@ class SavedModelSampler:
     precision = None  # computes as it was exported
     workdir = None
 
-    def __init__(self, path, *, sampler="ddim", num_steps=1, eta=0.0, guidance_scale=0.0, spacing=samplers.DEFAULT_SPACING,
-                 num_classes=10):
+    def __init__(self, path, *, sampler="ddim", num_steps=1, eta=0.0, guidance_scale=0.0,
+                 spacing=samplers.DEFAULT_SPACING, num_classes=10):
         if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "saved_model.pb")):
             raise FileNotFoundError(f"saved_model is not a SavedModel directory. Received: saved_model={path!r}")
         _check_integer("num_steps", num_steps, 1)
@@ -595,8 +595,8 @@ def prepare_image_evaluation(dataset, image_shape, *, features="auto", classifie
 
 def evaluate(*, model=None, saved_model=None, checkpoint_step=None, features="auto", classifier=None,
              inception_weights="imagenet", dataset="auto", data_path=None, idx_dir=None, data_dir=None,
-             num_samples=10000, sampler="ddim", num_steps=0, eta=0.0, guidance_scale=0.0, spacing=samplers.DEFAULT_SPACING,
-             num_classes=10, mixed_precision="auto", seed=0,
+             num_samples=10000, sampler="ddim", num_steps=0, eta=0.0, guidance_scale=0.0,
+             spacing=samplers.DEFAULT_SPACING, num_classes=10, mixed_precision="auto", seed=0,
              batch_size=500, reference_split=None, reference_num_images=0, reference_cache_dir=None,
              reference_seed=12345, kid_subsets=100, kid_subset_size=1000, output=None, verbose=True):
     """Draws samples from a model and reports their quality (the module docstring's protocol).

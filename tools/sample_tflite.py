@@ -1,6 +1,7 @@
 r"""Draws a grid of samples from a fixed-step TFLite sampler (`tools/export.py --format=tflite`).
 
-    python tools/sample_tflite.py --model=DIR/model.tflite --output=grid.png [--seed=0] [--noise=FILE.npz]
+    python tools/sample_tflite.py --model=DIR/model.tflite --output=grid.png [--seed=0] [--noise=FILE.npz] \
+        [--kernels=reference]
 
 Runs the model in the TFLite interpreter (ai_edge_litert if installed, else tf.lite) with NumPy,
 TensorFlow and Pillow only: tfdiffusion is not imported. The model takes its noise as inputs (TFLite
@@ -20,6 +21,12 @@ import numpy as np
 from PIL import Image
 
 warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")  # it points to ai_edge_litert
+
+
+# --kernels: the interpreter's op resolver. "default" is TFLite's own choice (optimised builtin kernels with
+# the XNNPACK delegate); on the trained MNIST student they differ from TensorFlow's by up to 7.9e-4, with or
+# without XNNPACK, while the reference kernels stay within 2.9e-5 (docs/BENCHMARKS.md, issue 15).
+KERNELS = {"default": "AUTO", "reference": "BUILTIN_REF"}
 
 
 def fail(message):
@@ -88,13 +95,19 @@ def main():
     parser.add_argument("--labels", help="comma-separated class labels, one per sample (conditional models)")
     parser.add_argument("--guidance_scale", type=float, default=0.0, help="classifier-free guidance weight w")
     parser.add_argument("--num_threads", type=int, default=None, help="interpreter threads (default: its own)")
+    parser.add_argument("--kernels", choices=KERNELS, default="default",
+                        help="TFLite's optimised kernels, or its reference kernels: slower, and round as "
+                             "TensorFlow does (within 1e-4 of the fixed SavedModel on the trained MNIST network)")
     args = parser.parse_args()
     try:
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
     except ImportError:
-        Interpreter = quiet_tensorflow().lite.Interpreter
+        lite = quiet_tensorflow().lite
+        Interpreter, OpResolverType = lite.Interpreter, lite.experimental.OpResolverType
+    resolver = getattr(OpResolverType, KERNELS[args.kernels])
     try:
-        interpreter = Interpreter(model_path=args.model, num_threads=args.num_threads)
+        interpreter = Interpreter(model_path=args.model, num_threads=args.num_threads,
+                                  experimental_op_resolver_type=resolver)
     except (ValueError, RuntimeError, OSError) as error:
         fail(f"cannot load the model ({' '.join(str(error).split())}). Received: --model={args.model}")
     if set(interpreter.get_signature_list()) != {"sample_from_noise", "limits"}:
@@ -111,7 +124,7 @@ def main():
     seconds = time.perf_counter() - start
     image_grid(samples, [float(v) for v in limits["data_range"]]).save(args.output)
     print(f"{shape[0]} samples ({np.asarray(limits['sampler']).item().decode()}, {int(limits['num_steps'])} steps) in "
-          f"{seconds:.3f} s (TFLite interpreter); grid written to {args.output}")
+          f"{seconds:.3f} s (TFLite interpreter, {args.kernels} kernels); grid written to {args.output}")
 
 
 if __name__ == "__main__":
