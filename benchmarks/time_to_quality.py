@@ -73,6 +73,7 @@ def run_recipe():
               "command": common.command_line()}
     records = [header]
     common.emit_json(header)
+
     def score(num_samples, seed):
         # The recorded curves' protocol (docs/RESULTS.md) predates the "auto" spacing: keep their uniform grid.
         return evaluation.sample_quality(model, extractor, reference, sampler="dpmpp_2m", num_steps=20,

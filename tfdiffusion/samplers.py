@@ -490,9 +490,8 @@ def timestep_sequence(num_steps, num_timesteps, spacing="uniform", alphas_cumpro
         return _uniform_spacing(num_steps, top, log_snr)
     if isinstance(spacing, str):
         return _SPACING_FUNCTIONS[spacing](num_steps, top, log_snr)
-    index = tf.argmax(tf.cast(tf.equal(spacing, tf.constant(list(SPACINGS))), tf.int32), output_type=tf.int32)
     branches = [functools.partial(_SPACING_FUNCTIONS[name], num_steps, top, log_snr) for name in SPACINGS]
-    return tf.switch_case(index, branches)
+    return tf.switch_case(_name_index(spacing, SPACINGS), branches)
 
 
 def resolve_spacing(sampler, spacing):
@@ -505,13 +504,13 @@ def resolve_spacing(sampler, spacing):
         return spacing
     if isinstance(sampler, str) and isinstance(spacing, str):
         return SOLVERS[sampler].spacing if sampler in SOLVERS else spacing  # `validate_request` names a bad one
-    own = tf.gather(tf.constant([solver.spacing for solver in SOLVERS.values()]), _solver_index(sampler))
+    own = tf.gather(tf.constant([solver.spacing for solver in SOLVERS.values()]), _name_index(sampler, SOLVERS))
     return tf.where(tf.equal(spacing, AUTO_SPACING), own, spacing)
 
 
-def _solver_index(sampler):
-    """int32 []: the position of the (string tensor) `sampler` in `SOLVERS`."""
-    return tf.argmax(tf.cast(tf.equal(sampler, tf.constant(list(SOLVERS))), tf.int32), output_type=tf.int32)
+def _name_index(name, names):
+    """int32 []: the position of the (string tensor) `name` in `names`, for a `tf.switch_case` or a gather."""
+    return tf.argmax(tf.cast(tf.equal(name, tf.constant(list(names))), tf.int32), output_type=tf.int32)
 
 
 # -- requests ----------------------------------------------------------------------------------
@@ -809,7 +808,8 @@ def reverse_process(denoise_fn, diffusion, shape, *, seed, num_steps, sampler="d
         run = functools.partial(_reverse_loop, trajectory_every=trajectory_every, **common)
     if isinstance(sampler, str):
         return run(SOLVERS[sampler])
-    return tf.switch_case(_solver_index(sampler), [functools.partial(run, solver) for solver in SOLVERS.values()])
+    branches = [functools.partial(run, solver) for solver in SOLVERS.values()]
+    return tf.switch_case(_name_index(sampler, SOLVERS), branches)
 
 
 _UNKNOWN = object()
