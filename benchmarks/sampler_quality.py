@@ -6,6 +6,7 @@ Samples by `tfdiffusion.evaluation`'s protocol, scored by `evaluation.image_repo
 figures and the inpainting levels are described in README.md ("Sampler quality").
 """
 
+import json
 import math
 import os
 
@@ -40,8 +41,13 @@ flags.register_validator("jumps", lambda v: not v or (len(v) == 2 and all(s.isdi
 _STRENGTHS = flags.DEFINE_list("strengths", ["0", "0.2", "0.4", "0.5", "0.6", "0.8", "1"], "img2img strengths.")
 _CHECKPOINTS = flags.DEFINE_list("checkpoints", [], "Checkpoint steps of --mode=checkpoints (raw weights, "
                                  "DPM-Solver++(2M) 20 uniform steps).")
+_EARLIER_ROWS = flags.DEFINE_list("earlier_rows", [], "JSON-lines outputs of earlier --mode=fid runs of the same "
+                                   "model, --num_samples and --seed: their FID rows join this run's (figure, best "
+                                   "spacings), and a reference row among them is not drawn again.")
 _REPORT = flags.DEFINE_string("report", None, "Markdown file the rows are appended to (none: JSON lines only).")
 _FIGURE_DIR = flags.DEFINE_string("figure_dir", None, "Directory of the figures (none: no figures).")
+flags.register_validator("earlier_rows", lambda paths: all(os.path.isfile(p) for p in paths),
+                         "--earlier_rows must be existing files")
 flags.mark_flags_as_required(["workdir", "classifier"])
 flags.register_validator("mode", lambda modes: modes and set(modes) <= set(MODES), f"--mode must be a subset of {MODES}")
 
@@ -56,9 +62,27 @@ def fid_row(model, extractor, reference, **request):
     return row
 
 
-def fid_sweep(model, extractor, reference):
+def earlier_rows():
+    """The FID rows of --earlier_rows (lines of other kinds are skipped)."""
     rows = []
-    if _REFERENCE.value:
+    for path in _EARLIER_ROWS.value:
+        with open(path) as lines:
+            rows += [row for row in (json.loads(line) for line in lines if line.startswith("{")) if "fid" in row]
+    mismatched = sorted({row["num_samples"] for row in rows} - {_NUM_SAMPLES.value})
+    if mismatched:
+        raise app.UsageError(f"--earlier_rows hold FIDs at N = {mismatched}, not --num_samples. "
+                             f"Received: num_samples={_NUM_SAMPLES.value}")
+    return rows
+
+
+def _is_reference(row):
+    return f"{row['sampler']}:{row['num_steps']}" == _REFERENCE.value
+
+
+def fid_sweep(model, extractor, reference, rows=()):
+    """`rows` (earlier runs') extended by this run's: the reference row unless `rows` has it, then the sweep."""
+    rows = list(rows)
+    if _REFERENCE.value and not any(_is_reference(row) for row in rows):
         sampler, steps = _REFERENCE.value.split(":")
         rows.append(fid_row(model, extractor, reference, sampler=sampler, num_steps=int(steps), spacing="uniform"))
     for nfe in (int(v) for v in _NFE.value):
@@ -82,7 +106,7 @@ def best_spacings(rows):
 
 def fid_figure(rows, path):
     """FID against NFE (log-log) of each solver at its best spacing, the reference row as a flat line."""
-    reference = [r for r in rows if f"{r['sampler']}:{r['num_steps']}" == _REFERENCE.value]
+    reference = [r for r in rows if _is_reference(r)]
     sweep = [r for r in rows if r not in reference]
     curves = {}
     for sampler, spacing in best_spacings(sweep).items():
@@ -148,14 +172,14 @@ def report(rows, section, info):
 
 def main(argv):
     del argv
+    earlier = earlier_rows() if "fid" in _MODES.value else []
     model = evaluation.load_model(_WORKDIR.value)
     extractor, reference = evaluation.image_reference(_CLASSIFIER.value, _DATASET.value, idx_dir=_IDX_DIR.value)
     info = common.machine_info()
     if "fid" in _MODES.value:
-        rows = fid_sweep(model, extractor, reference)
-        report(rows, "FID against NFE", info)
-        common.emit_json({"best_spacings": best_spacings([r for r in rows
-                                                          if f"{r['sampler']}:{r['num_steps']}" != _REFERENCE.value])})
+        rows = fid_sweep(model, extractor, reference, earlier)
+        report(rows[len(earlier):], "FID against NFE", info)
+        common.emit_json({"best_spacings": best_spacings([r for r in rows if not _is_reference(r)])})
         if _FIGURE_DIR.value:
             fid_figure(rows, os.path.join(_FIGURE_DIR.value, "fid_vs_nfe.png"))
     if "inpaint" in _MODES.value:

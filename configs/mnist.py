@@ -14,7 +14,9 @@ picks bf16 only on an AMX CPU), so the default 6,000 steps take about 50 minutes
 tutorial's recipe in the same 20 minutes (0.19×), and 31.6 for this config before the learning rate
 and the weighting were tuned (Adam 5e-4, plain ε-MSE: the recipe of ../shared/models/mnist_default_6000,
 which `--config.optimizer.learning_rate=5e-4 --config.objective.loss_weighting=none` reproduces). The
-full 6,000 steps of this recipe were not run here. samples.png shows 16 DDPM (400-step) samples.
+full 6,000 steps took 51.7 minutes here (2026-11-30, float32) and score FID 7.35 at N=10,000 with
+DPM-Solver++ 20 uniform steps, 5.15 with SDE-DPM-Solver++(2M) on 20 Karras steps (docs/RESULTS.md).
+samples.png shows 16 DDPM (400-step) samples.
 `--config=configs/mnist.py:tiny` is a 4-step run of a 3-level tiny U-Net (for tests).
 """
 

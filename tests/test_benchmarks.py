@@ -146,6 +146,19 @@ def test_sampler_quality_smoke(tmp_path):
         if panels:  # rows × columns of 28-pixel digits (plus the title)
             assert pixels.shape[0] >= 28 * panels[0] and pixels.shape[1] >= 28 * panels[1], (name, pixels.shape)
 
+    # A later run adds a solver to the first run's rows: the reference is not drawn again, the figure has all.
+    earlier = tmp_path / "earlier.jsonl"
+    earlier.write_text(result.stdout)
+    shared_flags = [f"--workdir={tmp_path / 'run'}", f"--classifier={setup.stdout.split()[-1]}",
+                    f"--idx_dir={tmp_path / 'idx'}", "--mode=fid", "--samplers=dpmpp_3m", "--spacings=uniform", "--nfe=3",
+                    "--reference=ddpm:4", "--batch_size=8", f"--earlier_rows={earlier}", f"--figure_dir={tmp_path / 'again'}"]
+    again = json_lines(run_ok(["benchmarks/sampler_quality.py", "--num_samples=8", *shared_flags]).stdout)
+    assert [(row["sampler"], row["nfe"]) for row in again if "fid" in row] == [("dpmpp_3m", 3)]
+    assert set(again[-1]["best_spacings"]) == {"ddim", "heun", "dpmpp_3m"}
+    assert (tmp_path / "again" / "fid_vs_nfe.png").is_file()
+    mismatched = run_python(["benchmarks/sampler_quality.py", "--num_samples=16", *shared_flags])
+    assert mismatched.returncode == 1 and "Received: num_samples=16" in mismatched.stderr, mismatched.stderr[-2000:]
+
 
 @pytest.mark.slow  # two tiny trainings and five FIDs in three processes, about a minute
 def test_time_to_quality_smoke(tmp_path):

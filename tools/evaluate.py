@@ -35,7 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import flags  # noqa: E402
 
 from tfdiffusion import cli  # noqa: E402  (imports no TensorFlow)
-from tfdiffusion.config import SPACING_NAMES  # noqa: E402  (imports no TensorFlow)
+from tfdiffusion.config import SAMPLER_NAMES, SPACING_NAMES  # noqa: E402  (imports no TensorFlow)
 
 _MODEL = flags.DEFINE_string("model", None, "A training workdir (holding model.keras) or a model.keras path.")
 _CHECKPOINT_STEP = flags.DEFINE_integer(
@@ -52,7 +52,7 @@ _DATA_PATH = flags.DEFINE_string("data_path", None, "A folder of reference image
 _IDX_DIR = flags.DEFINE_string("idx_dir", None, "IDX directory of the reference images (default: the local MNIST).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory of the reference images.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 10000, "Number of samples to draw and evaluate.")
-_SAMPLER = flags.DEFINE_string("sampler", "ddim", "Sampler: ddpm, ddim, dpmpp_2m, dpmpp_3m, unipc, heun or dpmpp_2m_sde.")
+_SAMPLER = flags.DEFINE_string("sampler", "ddim", f"Sampler: {', '.join(SAMPLER_NAMES)}.")
 _SPACING = flags.DEFINE_enum("spacing", "auto", SPACING_NAMES, "Timestep spacing (auto: the sampler's own).")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", 0, "Sampling steps; 0 means T (not allowed with --saved_model).")
 _ETA = flags.DEFINE_float("eta", 0.0, "DDIM η.")
