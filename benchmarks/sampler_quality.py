@@ -6,7 +6,6 @@ Samples by `tfdiffusion.evaluation`'s protocol, scored by `evaluation.image_repo
 figures and the inpainting levels are described in README.md ("Sampler quality").
 """
 
-import json
 import math
 import os
 
@@ -64,10 +63,7 @@ def fid_row(model, extractor, reference, **request):
 
 def earlier_rows():
     """The FID rows of --earlier_rows (lines of other kinds are skipped)."""
-    rows = []
-    for path in _EARLIER_ROWS.value:
-        with open(path) as lines:
-            rows += [row for row in (json.loads(line) for line in lines if line.startswith("{")) if "fid" in row]
+    rows = [row for path in _EARLIER_ROWS.value for row in results.read_records(path) if "fid" in row]
     mismatched = sorted({row["num_samples"] for row in rows} - {_NUM_SAMPLES.value})
     if mismatched:
         raise app.UsageError(f"--earlier_rows hold FIDs at N = {mismatched}, not --num_samples. "

@@ -150,8 +150,9 @@ def test_sampler_quality_smoke(tmp_path):
     earlier = tmp_path / "earlier.jsonl"
     earlier.write_text(result.stdout)
     shared_flags = [f"--workdir={tmp_path / 'run'}", f"--classifier={setup.stdout.split()[-1]}",
-                    f"--idx_dir={tmp_path / 'idx'}", "--mode=fid", "--samplers=dpmpp_3m", "--spacings=uniform", "--nfe=3",
-                    "--reference=ddpm:4", "--batch_size=8", f"--earlier_rows={earlier}", f"--figure_dir={tmp_path / 'again'}"]
+                    f"--idx_dir={tmp_path / 'idx'}", "--mode=fid", "--samplers=dpmpp_3m", "--spacings=uniform",
+                    "--nfe=3", "--reference=ddpm:4", "--batch_size=8", f"--earlier_rows={earlier}",
+                    f"--figure_dir={tmp_path / 'again'}"]
     again = json_lines(run_ok(["benchmarks/sampler_quality.py", "--num_samples=8", *shared_flags]).stdout)
     assert [(row["sampler"], row["nfe"]) for row in again if "fid" in row] == [("dpmpp_3m", 3)]
     assert set(again[-1]["best_spacings"]) == {"ddim", "heun", "dpmpp_3m"}
