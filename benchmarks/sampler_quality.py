@@ -45,8 +45,16 @@ _EARLIER_ROWS = flags.DEFINE_list("earlier_rows", [], "JSON-lines outputs of ear
                                    "spacings), and a reference row among them is not drawn again.")
 _REPORT = flags.DEFINE_string("report", None, "Markdown file the rows are appended to (none: JSON lines only).")
 _FIGURE_DIR = flags.DEFINE_string("figure_dir", None, "Directory of the figures (none: no figures).")
-flags.register_validator("earlier_rows", lambda paths: all(os.path.isfile(p) for p in paths),
-                         "--earlier_rows must be existing files")
+
+
+@flags.validator("earlier_rows")
+def _earlier_rows_exist(paths):
+    missing = [path for path in paths if not os.path.isfile(path)]
+    if missing:
+        raise flags.ValidationError(f"--earlier_rows must be existing files. Received: earlier_rows={missing[0]}")
+    return True
+
+
 flags.mark_flags_as_required(["workdir", "classifier"])
 flags.register_validator("mode", lambda modes: modes and set(modes) <= set(MODES), f"--mode must be a subset of {MODES}")
 

@@ -159,6 +159,8 @@ def test_sampler_quality_smoke(tmp_path):
     assert (tmp_path / "again" / "fid_vs_nfe.png").is_file()
     mismatched = run_python(["benchmarks/sampler_quality.py", "--num_samples=16", *shared_flags])
     assert mismatched.returncode == 1 and "Received: num_samples=16" in mismatched.stderr, mismatched.stderr[-2000:]
+    missing = run_python(["benchmarks/sampler_quality.py", *shared_flags, f"--earlier_rows={tmp_path / 'none.jsonl'}"])
+    assert missing.returncode == 1 and f"Received: earlier_rows={tmp_path / 'none.jsonl'}" in missing.stderr, missing.stderr
 
 
 @pytest.mark.slow  # two tiny trainings and five FIDs in three processes, about a minute
