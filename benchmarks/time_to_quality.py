@@ -40,6 +40,8 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the first sample batch.")
 _FINAL_NUM_SAMPLES = flags.DEFINE_integer("final_num_samples", 2000, "Samples per FID of the last snapshot, once per "
                                           "--final_seeds (0: the curve's last point is the result).", lower_bound=0)
 _FINAL_SEEDS = flags.DEFINE_list("final_seeds", ["0", "1"], "Seeds of the last snapshot's FIDs.")
+flags.register_validator("final_seeds", lambda seeds: bool(seeds) and all(s.lstrip("-").isdigit() for s in seeds),
+                         "--final_seeds must be integers")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON-lines file of this recipe's curve.")
 _COMPARE = flags.DEFINE_list("compare", [], "JSON-lines files of finished runs: write the table and the figure.")
 _FIGURE = flags.DEFINE_string("figure", os.path.join(common.REPO_ROOT, "docs", "figures", "time_to_quality.png"),

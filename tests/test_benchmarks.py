@@ -163,6 +163,12 @@ def test_sampler_quality_smoke(tmp_path):
     assert missing.returncode == 1 and f"Received: earlier_rows={tmp_path / 'none.jsonl'}" in missing.stderr, missing.stderr
 
 
+def test_time_to_quality_refuses_bad_final_seeds_before_training():
+    result = run_python(["benchmarks/time_to_quality.py", "--recipe=default", "--classifier=x", "--final_seeds=0,a"])
+    assert result.returncode == 1 and "--final_seeds=['0', 'a']: --final_seeds must be integers" in result.stderr, \
+        result.stderr[-2000:]
+
+
 @pytest.mark.slow  # two tiny trainings and five FIDs in three processes, about a minute
 def test_time_to_quality_smoke(tmp_path):
     setup = run_ok(["-c", SAMPLER_QUALITY_SETUP, str(tmp_path)])
