@@ -163,10 +163,22 @@ def test_sampler_quality_smoke(tmp_path):
     assert missing.returncode == 1 and f"Received: earlier_rows={tmp_path / 'none.jsonl'}" in missing.stderr, missing.stderr
 
 
-def test_time_to_quality_refuses_bad_final_seeds_before_training():
-    result = run_python(["benchmarks/time_to_quality.py", "--recipe=default", "--classifier=x", "--final_seeds=0,a"])
+def test_time_to_quality_refuses_bad_final_seeds_before_training(tmp_path):
+    classifier = tmp_path / "classifier.keras"
+    classifier.write_bytes(b"")  # exists: only the seeds are wrong
+    result = run_python(["benchmarks/time_to_quality.py", "--recipe=default", f"--classifier={classifier}",
+                         "--final_seeds=0,a"])
     assert result.returncode == 1 and "--final_seeds=['0', 'a']: --final_seeds must be integers" in result.stderr, \
         result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("script,other_flags", [("time_to_quality.py", ["--recipe=default"]),
+                                                ("sampler_quality.py", ["--workdir=."])])
+def test_a_missing_classifier_is_one_line_naming_it(tmp_path, script, other_flags):
+    missing = tmp_path / "none.keras"
+    result = run_python([f"benchmarks/{script}", *other_flags, f"--classifier={missing}"])
+    assert result.returncode == 1 and f"--classifier={missing}: --classifier must be an existing file" in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
 
 
 @pytest.mark.slow  # two tiny trainings and five FIDs in three processes, about a minute

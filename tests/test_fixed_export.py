@@ -39,6 +39,7 @@ LABELS = [0, 1, 2, NUM_CLASSES]  # the last one is the null class
 REQUESTS = [  # (sampler, num_steps, spacing, eta)
     ("ddim", 5, "uniform", 0.0), ("ddim", 5, "uniform", 0.5), ("ddpm", T, "uniform", 0.0),
     ("dpmpp_2m", 6, "logsnr", 0.0), ("dpmpp_3m", 6, "karras", 0.0), ("unipc", 6, "logsnr", 0.0),
+    ("unipc3", 6, "auto", 0.0),
     ("heun", 4, "karras", 0.0), ("dpmpp_2m_sde", 5, "quadratic", 0.0),
 ]
 

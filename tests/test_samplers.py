@@ -425,7 +425,7 @@ def test_a_new_solver_is_a_step_function_and_a_registry_entry(monkeypatch):
                                                          num_steps=7, seed=1))(tf.constant("euler"))
     np.testing.assert_array_equal(by_tensor.numpy(), got)
     assert set(samplers.SAMPLERS) <= set(samplers.SOLVERS)
-    assert samplers.SAMPLERS == ("ddpm", "ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "heun", "dpmpp_2m_sde")
+    assert samplers.SAMPLERS == ("ddpm", "ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "unipc3", "heun", "dpmpp_2m_sde")
 
 
 # -- pure step functions against hand formulas ----------------------------------------------------
@@ -669,6 +669,89 @@ def test_unic_2_is_exact_for_quadratic_x0_and_its_weights_solve_r_rho_b():
     assert [v.numpy() for v in samplers.unipc_coefficients(_f64(h), _f64(r), tf.constant(1))] == [0.0, 0.5]
 
 
+def _exact_noise_step(x_start, lam_start, lam_end, eps_of_lambda):
+    """x_end = (α_end/α_start) x_start − α_end ∫ e^{−λ} ε̂(λ) dλ (Lu et al. 2022a, eq. 3.4), by quadrature."""
+    import scipy.integrate
+
+    integral = scipy.integrate.quad(lambda lam: math.exp(-lam) * eps_of_lambda(lam), lam_start, lam_end, epsabs=1e-14,
+                                    epsrel=1e-14)[0]
+    return (math.sqrt(_alpha_bar_at(lam_end) / _alpha_bar_at(lam_start)) * x_start
+            - math.sqrt(_alpha_bar_at(lam_end)) * integral)
+
+
+@pytest.mark.parametrize("degree", [1, 2, 3])
+def test_unipc3_corrector_and_predictor_are_exact_for_polynomial_noise_of_their_order(degree):
+    """Zhao et al. 2023, Theorem 3.1: with ρ solving the order conditions, UniC-3 (nodes s−2, s−1, s, t) is exact
+    when ε̂(λ) is a cubic and UniP-3 (nodes t−2, t−1, t) when it is a quadratic; UniC-2 misses the cubic. The
+    predictor starts from x^c with the ε̂ there, which the step forms from the x̂_0 it is given: an x̂_0
+    consistent with (x^c, ε̂(λ_t)) makes that ε̂ the polynomial's value."""
+    coefficients = (0.3, -0.7, 0.25, 0.11)[:degree + 1]
+    eps_of = lambda lam: sum(c * lam**k for k, c in enumerate(coefficients))  # noqa: E731
+    lam_3, lam_2, lam_1, lam_t, lam_next = -2.1, -1.3, -0.6, 0.2, 1.1  # s−2, s−1, s, t, next
+    eps = lambda lam: _f64([[eps_of(lam)]])  # noqa: E731
+    alpha_bar_t = _alpha_bar_at(lam_t)
+    x_base = 0.4
+    for index, corrector_order in ((3, 3), (2, 2)):
+        state = (_f64([[x_base]]), (eps(lam_1), eps(lam_2), eps(lam_3)),
+                 tuple(_f64(_alpha_bar_at(lam)) for lam in (lam_1, lam_2, lam_3)))
+
+        def step(x0):
+            return samplers.unipc3_step(_f64([[0.123]]), _f64([[x0]]), eps(lam_t), state, _f64(alpha_bar_t),
+                                        _f64(_alpha_bar_at(lam_next)), tf.constant(index), tf.constant(10))
+
+        _, (x_c, _, _) = step(0.0)  # the corrector reads no x̂_0
+        x_c = x_c.numpy()[0, 0]
+        consistent_x0 = (x_c - math.sqrt(1.0 - alpha_bar_t) * eps_of(lam_t)) / math.sqrt(alpha_bar_t)
+        x_next, (_, (eps_carried, _, _), _) = step(consistent_x0)
+        corrector_error = abs(x_c - _exact_noise_step(x_base, lam_1, lam_t, eps_of))
+        predictor_error = abs(x_next.numpy()[0, 0] - _exact_noise_step(x_c, lam_t, lam_next, eps_of))
+        assert abs(eps_carried.numpy()[0, 0] - eps_of(lam_t)) < 1e-12
+        assert (corrector_error < 1e-12) == (degree <= corrector_order), (index, corrector_error)
+        assert (predictor_error < 1e-12) == (degree <= 2), (index, predictor_error)
+
+
+def test_unipc3_carries_the_corrected_points_eps_at_the_networks_x0():
+    """After UniC moves x_t to x^c, the next steps use the ε̂ (x^c − α x̂_0)/σ (x̂_0 held), not the one at x_t."""
+    alpha_bar_1, alpha_bar_t, alpha_bar_next = 0.2, 0.5, 0.8
+    x_t, x0 = _f64([[0.3, -0.2]]), _f64([[0.1, 0.4]])
+    eps = diffusion_lib.eps_from_x0(x_t, x0, _f64(alpha_bar_t))
+    state = (_f64([[0.5, 0.1]]), (_f64([[0.2, -0.3]]),) * 3, tuple(_f64(a) for a in (alpha_bar_1, 0.1, 0.05)))
+    _, (x_c, (eps_carried, eps_1, _), _) = samplers.unipc3_step(x_t, x0, eps, state, _f64(alpha_bar_t),
+                                                                _f64(alpha_bar_next), tf.constant(1), tf.constant(6))
+    assert np.abs(x_c.numpy() - x_t.numpy()).min() > 1e-3  # the corrector moved the point
+    np.testing.assert_allclose(eps_carried.numpy(), (x_c.numpy() - math.sqrt(alpha_bar_t) * x0.numpy())
+                               / math.sqrt(1.0 - alpha_bar_t), rtol=1e-12)
+    np.testing.assert_array_equal(eps_1.numpy(), state[1][0].numpy())
+
+
+def test_the_corrector_solvers_stay_stable_under_a_learned_like_error_in_eps():
+    """The exact Gaussian denoiser plus a 0.05 error in ε̂ that changes with t and x, as a network's does: the
+    predictor-corrector solvers' samples move from the exact denoiser's by at most twice DDIM's shift. The
+    paper's noise-form UniPC-3, which keeps the ε̂ of the uncorrected point, moved them by 0.66 at 10 steps
+    (65× DDIM's 0.010) and is what this guards against; held x̂_0 gives 0.013. (DPM-Solver++(3M), no
+    corrector, moves them 4× DDIM's at 10 steps: its quadratic extrapolation of x̂_0 magnifies an error
+    that changes from step to step.)"""
+    from tfdiffusion import analytic
+
+    diffusion = GaussianDiffusion(schedules.make_betas("linear", 1000))
+    exact = analytic.TOYS["gaussian"].denoise_fn(diffusion)
+
+    def perturbed(x, t, labels=None):
+        _, eps = exact(x, t, labels)
+        eps = eps + 0.05 * tf.sin(0.37 * tf.cast(t, x.dtype)[:, None] + 3.0 * x)
+        return diffusion_lib.x0_from_eps(x, eps, diffusion.alpha_bar(t, x)), eps
+
+    x_T = tf.constant(analytic.normal_quantiles(2048).astype(np.float32)[:, None])
+    for num_steps in (10, 20):
+        shift = {}
+        for sampler in ("ddim", "dpmpp_2m", "unipc", "unipc3"):
+            runs = [samplers.sample(fn, diffusion, x_T.shape, sampler=sampler, num_steps=num_steps, x_T=x_T, seed=0)
+                    for fn in (exact, perturbed)]
+            shift[sampler] = float(np.abs(runs[1].numpy() - runs[0].numpy()).mean())
+        assert 0.005 < shift["ddim"] < 0.02, shift
+        assert max(shift.values()) <= 2.0 * shift["ddim"], (num_steps, shift)
+
+
 def test_first_steps_of_the_lambda_solvers_are_ddim():
     """With no history every data-prediction solver's first step is DDIM's (the exponential integrator of
     constant x̂_0), and the step into the data returns x̂_0."""
@@ -681,13 +764,16 @@ def test_first_steps_of_the_lambda_solvers_are_ddim():
     third, _ = samplers.dpmpp_3m_step(x, x0, (zeros, zeros), at, ap, (_f64(1.0), _f64(1.0)), tf.constant(1))
     unipc, _ = samplers.unipc_step(x, x0, (zeros, zeros, zeros, _f64(0.5), _f64(0.5)), at, ap, tf.constant(0),
                                    tf.constant(5))
+    noise_history = (zeros, (zeros, zeros, zeros), (_f64(0.5), _f64(0.25), _f64(0.125)))
+    unipc3, _ = samplers.unipc3_step(x, x0, eps, noise_history, at, ap, tf.constant(0), tf.constant(5))
     heun, state = samplers.heun_step(x, x0, eps, at, ap, (zeros, zeros, _f64(0.5), tf.constant(False)))
-    for got in (third, unipc, heun):
+    for got in (third, unipc, unipc3, heun):
         np.testing.assert_allclose(got.numpy(), ddim, rtol=1e-5, atol=1e-5)
     assert bool(state[3].numpy())  # the next call corrects
     for step in (lambda a: samplers.dpmpp_3m_step(x, x0, (zeros, zeros), at, a, (_f64(0.3), _f64(0.2)), tf.constant(3)),
                  lambda a: samplers.unipc_step(x, x0, (zeros, zeros, zeros, _f64(0.5), _f64(0.5)), at, a,
                                                tf.constant(3), tf.constant(4)),
+                 lambda a: samplers.unipc3_step(x, x0, eps, noise_history, at, a, tf.constant(3), tf.constant(4)),
                  lambda a: samplers.heun_step(x, x0, eps, at, a, (zeros, zeros, _f64(0.5), tf.constant(False)))):
         np.testing.assert_array_equal(step(_f64(1.0))[0].numpy(), x0)
 
@@ -735,7 +821,7 @@ def test_sde_dpmpp_2m_first_step_is_ddpm_and_second_matches_the_formula():
 
 
 # -- issue 14: the new solvers end to end ------------------------------------------------------------
-@pytest.mark.parametrize("sampler,bound", [("dpmpp_3m", 0.003), ("unipc", 0.002), ("heun", 0.002),
+@pytest.mark.parametrize("sampler,bound", [("dpmpp_3m", 0.003), ("unipc", 0.002), ("unipc3", 0.002), ("heun", 0.002),
                                            ("dpmpp_2m_sde", 0.004)])
 def test_new_solvers_recover_the_gaussian(sampler, bound):
     errors = []
@@ -746,7 +832,7 @@ def test_new_solvers_recover_the_gaussian(sampler, bound):
     assert errors[1] < min(bound, errors[0]), errors
 
 
-@pytest.mark.parametrize("sampler", ["dpmpp_2m", "dpmpp_3m", "unipc", "heun"])
+@pytest.mark.parametrize("sampler", ["dpmpp_2m", "dpmpp_3m", "unipc", "unipc3", "heun"])
 def test_ode_solvers_converge_on_logsnr_spacing(x_T, sampler):
     """Against the exact probability-flow ODE solution: the error at 50 and 200 evaluations (Heun: half the
     steps) is below that at 10, and at 200 under 1e-3. (By 50 the solvers reach the floor of T = 400's grid: its
@@ -759,7 +845,8 @@ def test_ode_solvers_converge_on_logsnr_spacing(x_T, sampler):
     assert errors[0] > max(errors[1:]) and errors[1] < 3e-3 and errors[2] < 1e-3, errors
 
 
-@pytest.mark.parametrize("sampler,eta", [("dpmpp_3m", 0.0), ("unipc", 0.0), ("heun", 0.0), ("dpmpp_2m_sde", 0.0)])
+@pytest.mark.parametrize("sampler,eta", [("dpmpp_3m", 0.0), ("unipc", 0.0), ("unipc3", 0.0), ("heun", 0.0),
+                                        ("dpmpp_2m_sde", 0.0)])
 @pytest.mark.parametrize("spacing", ["logsnr", "karras"])
 def test_new_solvers_same_seed_bitwise_eager_and_tf_function(sampler, eta, spacing):
     kwargs = dict(sampler=sampler, num_steps=9, eta=eta, seed=5, spacing=spacing)
