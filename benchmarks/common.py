@@ -18,6 +18,14 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
 
 
+def define_classifier_flag():
+    """--classifier, refused at flag parsing unless it names an existing file; returns the flag holder."""
+    holder = flags.DEFINE_string("classifier", None, "classifier.keras from tools/train_classifier.py.")
+    flags.register_validator("classifier", lambda path: path is None or os.path.isfile(path),
+                             "--classifier must be an existing file (classifier.keras)")
+    return holder
+
+
 def define_markdown_flag():
     flags.DEFINE_string("markdown", os.path.join(REPO_ROOT, "docs", "BENCHMARKS.md"),
                         "Results file to append a row to ('' for none); /tmp for smoke runs.")

@@ -19,9 +19,7 @@ from tfdiffusion import data, evaluation, plots, results, samplers  # noqa: E402
 
 MODES = ("fid", "inpaint", "img2img", "checkpoints")
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by tools/train.py (its model.keras is used).")
-_CLASSIFIER = flags.DEFINE_string("classifier", None, "classifier.keras from tools/train_classifier.py.")
-flags.register_validator("classifier", lambda path: path is None or os.path.isfile(path),
-                         "--classifier must be an existing file (classifier.keras)")
+_CLASSIFIER = common.define_classifier_flag()
 _DATASET = flags.DEFINE_string("dataset", "mnist", "The array dataset of the reference and the edited images.")
 _IDX_DIR = flags.DEFINE_string("idx_dir", None, "IDX directory of the dataset (default: the local copy, else TFDS).")
 _MODES = flags.DEFINE_list("mode", list(MODES[:3]), f"What to run, a subset of {MODES}.")

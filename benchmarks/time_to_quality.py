@@ -33,9 +33,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", os.path.join(common.REPO_ROO
                                           "The default configuration (the `default` recipe).", lock_config=False)
 _MINUTES = flags.DEFINE_float("minutes", 20.0, "Training budget in minutes of wall-clock time.")
 _SNAPSHOT_MINUTES = flags.DEFINE_float("snapshot_minutes", 2.5, "Minutes between weight snapshots.")
-_CLASSIFIER = flags.DEFINE_string("classifier", None, "classifier.keras from tools/train_classifier.py.")
-flags.register_validator("classifier", lambda path: path is None or os.path.isfile(path),
-                         "--classifier must be an existing file (classifier.keras)")
+_CLASSIFIER = common.define_classifier_flag()
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 400, "Samples per FID.", lower_bound=1)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 200, "Samples per sampler call.", lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the first sample batch.")
