@@ -248,9 +248,7 @@ def unipc_bh1_targets(h):
 
 
 def _vandermonde_weights(nodes, targets):
-    """ρ with Σ_k ρ_k nodes_k^j = targets_j for j < len(nodes) ≤ 3: ρ_k = L(ℓ_k), ℓ_k the Lagrange basis."""
-    if len(nodes) == 1:
-        return (targets[0],)
+    """ρ with Σ_k ρ_k nodes_k^j = targets_j for j < len(nodes) ∈ {2, 3}: ρ_k = L(ℓ_k), ℓ_k the Lagrange basis."""
     if len(nodes) == 2:
         (a, b), (t_1, t_2) = nodes, targets[:2]
         return (t_2 - b * t_1) / (a - b), (t_2 - a * t_1) / (b - a)
