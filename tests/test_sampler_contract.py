@@ -102,15 +102,12 @@ NON_MONOTONE = {
     ("gaussian", "dpmpp_2m", "karras"): "5.7e-2, 3.7e-3, 8.5e-3, 1.2e-3",
     ("gaussian", "dpmpp_2m", "quadratic"): "3.8e-3, 1.9e-2, 7.0e-3, 7.7e-4",
     ("gaussian", "dpmpp_3m", "uniform"): "5.5e-2, 4.6e-2, 8.3e-2, 3.3e-2",
-    ("gaussian", "dpmpp_3m", "logsnr"): "2.5e-3, 3.1e-2, 5.7e-5, 1.4e-4",
-    ("gaussian", "dpmpp_3m", "karras"): "3.4e-2, 5.9e-2, 1.3e-2, 3.7e-4",
-    ("gaussian", "dpmpp_3m", "quadratic"): "4.0e-2, 5.1e-2, 9.8e-4, 4.4e-4",
+    ("gaussian", "dpmpp_3m", "quadratic"): "3.4e-2, 4.1e-2, 9.8e-4, 4.4e-4",
     ("gaussian", "unipc", "uniform"): "7.9e-2, 2.3e-3, 4.1e-2, 2.4e-2",
     ("gaussian", "unipc", "karras"): "5.6e-2, 8.7e-3, 8.8e-3, 3.3e-4",
     ("gaussian", "unipc", "quadratic"): "7.1e-3, 2.2e-2, 5.1e-3, 6.0e-5",
     ("mixture", "dpmpp_2m", "uniform"): "1.2e-1, 2.6e-1, 1.4e-1, 1.8e-2",
     ("mixture", "dpmpp_3m", "uniform"): "2.0e-1, 4.7e-1, 2.1e-1, 4.7e-2",
-    ("mixture", "dpmpp_3m", "karras"): "1.9e-1, 2.6e-1, 2.8e-2, 1.2e-3",
     ("mixture", "unipc", "uniform"): "1.2e-1, 2.7e-1, 1.4e-1, 1.8e-2",
 }
 

@@ -649,6 +649,21 @@ def test_dpmpp_3m_integrates_polynomials_of_its_order_exactly(order):
         assert np.abs(lower.numpy() - _exact_integral_step(x_t, lam_t, lam_t + h, x0_of)).max() > 1e-3
 
 
+@pytest.mark.parametrize("spacing", samplers.SPACINGS)
+@pytest.mark.parametrize("num_steps", [4, 5, 10, 20])
+def test_dpmpp_3m_takes_order_3_exactly_on_the_interior_steps_up_to_1_long_in_lambda(spacing, num_steps):
+    """Warm-up 1, 2; orders 2 and 1 on the last two steps; else 3 where h ≤ 1, 2 where h > 1."""
+    timesteps = samplers.timestep_sequence(num_steps, T, spacing, alphas_cumprod=DIFFUSION.alphas_cumprod).numpy()
+    alpha_bar = [DIFFUSION.alphas_cumprod[int(t)] for t in timesteps] + [1.0]
+    lam = [0.5 * math.log(a / (1 - a)) for a in alpha_bar[:-1]]
+    got = [int(samplers.dpmpp_3m_order(tf.constant(i), tf.constant(num_steps), _f64(alpha_bar[i]),
+                                       _f64(alpha_bar[i + 1]))) for i in range(num_steps)]
+    expected = [min(i + 1, num_steps - i, 3 if i + 1 == num_steps or lam[i + 1] - lam[i] <= 1.0 else 2)
+                for i in range(num_steps)]
+    assert got == expected, (timesteps, np.diff(lam))
+    assert got[:2] == [1, 2][:num_steps] and got[-1] == 1
+
+
 def test_unic_2_is_exact_for_quadratic_x0_and_its_weights_solve_r_rho_b():
     x0_of = lambda lam: 0.3 - 0.7 * lam + 0.25 * lam**2  # noqa: E731
     lam_base, h, h_1 = -0.5, 0.8, 0.6
