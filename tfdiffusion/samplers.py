@@ -440,12 +440,13 @@ def dpmpp_3m_order(index, num_steps, alpha_bar_t, alpha_bar_prev):
     the last step is into the data, where only x̂_0 is finite, and the one before lands on t = 0;
     order 3 into t = 0 at 10 uniform steps took the MNIST model's FID from 18.2 to 82); and order 2
     wherever the step is longer than `THIRD_ORDER_MAX_H` in λ. Lu et al.'s code lowers the order
-    "below 10 steps", which on its usual grid (T = 1000, λ from −5 to 4.6) is where h exceeds about 1;
-    a bound on h says the same on any schedule and spacing. Beyond it D_2, the curvature of x̂_0(λ)
+    "below 10 steps", which on its usual grid (T = 1000, λ from −5 to 4.6) is where λ-uniform steps
+    are longer than about 1.1; a bound on h says nearly the same, on any schedule and spacing (the
+    bound 1 is a round number the measurements bracket). Beyond it D_2, the curvature of x̂_0(λ)
     taken from points up to 2h back, extrapolates more than it interpolates. Measured
     (docs/RESULTS.md, "DPM-Solver++(3M)"): on the MNIST model order 2 on the longer steps takes 3M's
     10-step FID from 20.6 to 16.9 (logsnr) and 21.1 to 15.6 (Karras); on the exact Gaussian, 5
-    λ-uniform steps at order 3 erred by a cancellation 12× below every other solver, and 3M's error
+    λ-uniform steps at order 3 erred by a cancellation 12× below any other solver there; 3M's error
     now falls from 5 to 50 steps. UniPC-3 needs no bound: its corrector's third-order term interpolates.
     """
     order = tf.minimum(tf.minimum(index + 1, num_steps - index), 3)
