@@ -175,6 +175,16 @@ def dpmpp_3m_step(x_t, x0, previous_x0s, alpha_bar_t, alpha_bar_prev, previous_h
     return tf.where(alpha_bar_prev >= 1.0, x0, x_prev), h
 
 
+def multistep_order(index, num_steps, highest):
+    """The order of a multistep solver's step `index` of `num_steps`, at most `highest`.
+
+    Warm-up from order 1 (step i has i earlier points), and orders 2 and 1 on the last two steps (Lu et
+    al. 2022b's `lower_order_final`: the last step is into the data, where only x̂_0 is finite, and the
+    one before lands on t = 0).
+    """
+    return tf.minimum(tf.minimum(index + 1, num_steps - index), highest)
+
+
 def unipc_coefficients(h, r, order):
     """(ρ_0, ρ_1): UniC-p's weights of D_1 and of m_t − m_0 for p = `order` ∈ {1, 2}, B(h) = e^h − 1.
 
@@ -225,7 +235,7 @@ def unipc_step(x_t, x0, state, alpha_bar_t, alpha_bar_prev, index, num_steps):
     corrected = _unic_correct(x_base, x0, (previous_x0, earlier_x0, alpha_bar_base, alpha_bar_earlier), alpha_bar_t,
                               tf.minimum(index, 2))
     x_c = tf.where(index > 0, corrected, x_t)
-    order = tf.minimum(tf.minimum(index + 1, num_steps - index), 2)
+    order = multistep_order(index, num_steps, 2)
     ratio, alpha_next, h, phi_1 = _exponential_integrator(alpha_bar_t, alpha_bar_prev)
     r = (half_log_snr(alpha_bar_base) - half_log_snr(alpha_bar_t)) / h
     first = -alpha_next * phi_1
@@ -311,7 +321,7 @@ def unipc3_step(x_t, x0, eps, state, alpha_bar_t, alpha_bar_next, index, num_ste
     h = lam_t - lam_1
     r_1, r_2 = (lam_2 - lam_1) / h, (lam_3 - lam_1) / h
     b = unipc_bh1_targets(h)
-    order = tf.minimum(tf.minimum(index, num_steps - index + 1), 3)
+    order = multistep_order(index - 1, num_steps, 3)  # the previous step's
     two, three = _vandermonde_weights((r_1, 1.0), b), _vandermonde_weights((r_1, r_2, 1.0), b)
     rho_1 = tf.where(order == 3, three[0], tf.where(order == 2, two[0], zero))
     rho_2 = tf.where(order == 3, three[1], zero)
@@ -326,7 +336,7 @@ def unipc3_step(x_t, x0, eps, state, alpha_bar_t, alpha_bar_next, index, num_ste
     safe_next = tf.where(final, 0.5 * alpha_bar_t, alpha_bar_next)  # keeps the unused branch finite
     h = half_log_snr(safe_next) - lam_t
     r_1, r_2 = (lam_1 - lam_t) / h, (lam_2 - lam_t) / h
-    order = tf.minimum(tf.minimum(index + 1, num_steps - index), 3)
+    order = multistep_order(index, num_steps, 3)
     three = _vandermonde_weights((r_1, r_2), unipc_bh1_targets(h))
     rho_1 = tf.where(order == 3, three[0], tf.where(order == 2, 0.5 + zero, zero))
     rho_2 = tf.where(order == 3, three[1], zero)
@@ -436,11 +446,9 @@ def _dpmpp_2m(x, x0, eps, alpha_bar_t, alpha_bar_prev, noise, state, options):
 def dpmpp_3m_order(index, num_steps, alpha_bar_t, alpha_bar_prev):
     """The order of DPM-Solver++(3M)'s step `index` of `num_steps`: 1, 2 or 3.
 
-    Warm-up from order 1; orders 2 and 1 on the last two steps (Lu et al. 2022b's `lower_order_final`:
-    the last step is into the data, where only x̂_0 is finite, and the one before lands on t = 0;
-    order 3 into t = 0 at 10 uniform steps took the MNIST model's FID from 18.2 to 82); and order 2
-    wherever the step is longer than `THIRD_ORDER_MAX_H` in λ. Lu et al.'s code lowers the order
-    "below 10 steps", which on its usual grid (T = 1000, λ from −5 to 4.6) is where λ-uniform steps
+    `multistep_order` (order 3 into t = 0 at 10 uniform steps took the MNIST model's FID from 18.2
+    to 82), and order 2 wherever the step is longer than `THIRD_ORDER_MAX_H` in λ. Lu et al.'s code
+    lowers the order "below 10 steps", which on its usual grid (T = 1000, λ from −5 to 4.6) is where λ-uniform steps
     are longer than about 1.1; a bound on h says nearly the same, on any schedule and spacing (the
     bound 1 is a round number the measurements bracket). Beyond it D_2, the curvature of x̂_0(λ)
     taken from points up to 2h back, extrapolates more than it interpolates. Measured
@@ -449,7 +457,7 @@ def dpmpp_3m_order(index, num_steps, alpha_bar_t, alpha_bar_prev):
     λ-uniform steps at order 3 erred by a cancellation 12× below any other solver there; 3M's error
     now falls from 5 to 50 steps. UniPC-3 needs no bound: its corrector's third-order term interpolates.
     """
-    order = tf.minimum(tf.minimum(index + 1, num_steps - index), 3)
+    order = multistep_order(index, num_steps, 3)
     _, _, h, _ = _exponential_integrator(alpha_bar_t, alpha_bar_prev)
     return tf.where(h > THIRD_ORDER_MAX_H, tf.minimum(order, 2), order)
 
